@@ -1,0 +1,397 @@
+"""Registry of pretrained keras.applications backbones, weight resolution and the fingerprint.
+
+A backbone here is a Keras model that takes **uint8** pixels (N, H, W, 3) and returns pooled
+features (N, D). Its own normalisation lives inside the model (`ImagePreprocess`), so any backend
+and device gets the same bytes and callers cannot get preprocessing wrong.
+
+Weights never come from the network: ``"imagenet"`` is looked up in Keras' own cache
+(``$KERAS_HOME/models``, the file name keras.applications would download) and, for the vendored
+``mobilenet_0.25``, in featx's package data; a file path is loaded as given; ``"none"`` builds random
+weights and says so everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Bump when anything that changes feature values for the same image and weights changes
+#: (decode, colour handling, resize, normalisation); it is part of every fingerprint.
+PREPROCESSING_VERSION = 1
+#: How pixels reach the model size (recorded in the fingerprint).
+RESIZE_METHOD = "pillow-bilinear-squash"
+POOLINGS = ("avg", "max")
+DEFAULT_BACKBONE = "efficientnetb0"
+VENDORED_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What featx knows about one keras.applications constructor."""
+
+    name: str  # registry name, e.g. "mobilenet_0.25"
+    constructor: str  # attribute of keras.applications, e.g. "MobileNet"
+    input_size: int  # default square input size in pixels
+    feature_dim: int  # width of the pooled last conv block
+    preprocessing: str  # "tf" ([-1, 1]), "torch" (ImageNet mean/std), "caffe" (BGR, mean), "none" (in-model)
+    weights_file: str  # the file name keras.applications caches in $KERAS_HOME/models
+    min_size: int = 32
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    vendored: str | None = None  # file name under featx/weights, if shipped with featx
+    vendored_sha256: str | None = None
+
+
+def _mobilenet(alpha: float, text: str, vendored: bool = False) -> BackboneSpec:
+    fname = f"mobilenet_{text}_224_tf_no_top.h5"
+    return BackboneSpec(
+        name="mobilenet" if alpha == 1.0 else f"mobilenet_{alpha:g}",
+        constructor="MobileNet",
+        input_size=224,
+        feature_dim=int(1024 * alpha),
+        preprocessing="tf",
+        weights_file=fname,
+        kwargs={"alpha": alpha},
+        vendored=fname if vendored else None,
+        vendored_sha256=(
+            "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf" if vendored else None
+        ),
+    )
+
+
+def _efficientnet(b: int, size: int, dim: int) -> BackboneSpec:
+    return BackboneSpec(
+        f"efficientnetb{b}", f"EfficientNetB{b}", size, dim, "none", f"efficientnetb{b}_notop.h5"
+    )
+
+
+_SPECS = [
+    BackboneSpec("vgg16", "VGG16", 224, 512, "caffe",
+                 "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    BackboneSpec("resnet50", "ResNet50", 224, 2048, "caffe",
+                 "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    BackboneSpec("resnet50v2", "ResNet50V2", 224, 2048, "tf",
+                 "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    _mobilenet(1.0, "1_0"),
+    _mobilenet(0.75, "7_5"),
+    _mobilenet(0.5, "5_0"),
+    _mobilenet(0.25, "2_5", vendored=True),
+    BackboneSpec("mobilenetv2", "MobileNetV2", 224, 1280, "tf",
+                 "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
+    BackboneSpec("mobilenetv3small", "MobileNetV3Small", 224, 576, "none",
+                 "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
+    BackboneSpec("mobilenetv3large", "MobileNetV3Large", 224, 960, "none",
+                 "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
+    _efficientnet(0, 224, 1280),
+    _efficientnet(1, 240, 1280),
+    _efficientnet(2, 260, 1408),
+    _efficientnet(3, 300, 1536),
+    BackboneSpec("efficientnetv2b0", "EfficientNetV2B0", 224, 1280, "none",
+                 "efficientnetv2-b0_notop.h5"),
+    BackboneSpec("densenet121", "DenseNet121", 224, 1024, "torch",
+                 "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    BackboneSpec("inceptionv3", "InceptionV3", 299, 2048, "tf",
+                 "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", min_size=75),
+    BackboneSpec("xception", "Xception", 299, 2048, "tf",
+                 "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", min_size=71),
+    BackboneSpec("convnexttiny", "ConvNeXtTiny", 224, 768, "none", "convnext_tiny_notop.h5"),
+]
+REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in _SPECS}
+VENDORED_BACKBONE = "mobilenet_0.25"
+
+
+class UnknownBackbone(ValueError):
+    pass
+
+
+class WeightsUnavailable(FileNotFoundError):
+    """Pretrained weights cannot be had offline; the message says which file and how to provide it."""
+
+
+def get_spec(name: str) -> BackboneSpec:
+    key = name.strip().lower().replace("-", "").replace(" ", "")
+    aliases = {"mobilenet_1.0": "mobilenet", "mobilenet_1": "mobilenet", "mobilenet0.25": "mobilenet_0.25"}
+    key = aliases.get(key, key)
+    if key not in REGISTRY:
+        raise UnknownBackbone(
+            f"unknown backbone {name!r}; choose one of: {', '.join(REGISTRY)} (see `featx backbones`)"
+        )
+    return REGISTRY[key]
+
+
+def keras_cache_dir() -> Path:
+    """Where keras.applications caches downloaded weights: $KERAS_HOME/models (default ~/.keras/models)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models"
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    kind: str  # "imagenet", "file" or "none"
+    path: Path | None  # the file that will be loaded (None for random weights)
+    origin: str  # human description: "Keras cache", "vendored with featx", "user file", "random"
+
+
+def find_imagenet_weights(spec: BackboneSpec) -> Path | None:
+    """The ImageNet weights file for `spec` if it is available offline, else None."""
+    cached = keras_cache_dir() / spec.weights_file
+    if cached.is_file():
+        return cached
+    if spec.vendored:
+        vendored = VENDORED_DIR / spec.vendored
+        if vendored.is_file():
+            return vendored
+    return None
+
+
+def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None) -> WeightsSource:
+    """Turn the user's `weights` argument into a concrete local source, or explain what is missing."""
+    if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "random")):
+        return WeightsSource("none", None, "random")
+    if isinstance(weights, str) and weights.lower() == "imagenet":
+        path = find_imagenet_weights(spec)
+        if path is None:
+            raise WeightsUnavailable(
+                f"ImageNet weights for backbone {spec.name!r} are not available offline: the file "
+                f"{spec.weights_file!r} is not in {keras_cache_dir()}. Provide it in one of two ways: "
+                f"(1) copy {spec.weights_file} into {keras_cache_dir()} (set KERAS_HOME to use another "
+                f"Keras cache), or (2) pass the file's path with --weights PATH (weights=PATH). "
+                f"featx never downloads weights and never falls back to random weights; use "
+                f"--weights none to ask for random weights explicitly."
+            )
+        origin = "vendored with featx" if path.parent == VENDORED_DIR else "Keras cache"
+        return WeightsSource("imagenet", path, origin)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailable(
+            f"weights file {str(path)!r} does not exist (weights may be 'imagenet', 'none' or a path "
+            "to a Keras weights file such as *_notop.h5 or *.weights.h5)"
+        )
+    return WeightsSource("file", path.resolve(), "user file")
+
+
+@lru_cache(maxsize=64)
+def _sha256_file_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_file(path: os.PathLike | str) -> str:
+    st = os.stat(path)
+    return _sha256_file_cached(str(path), st.st_size, st.st_mtime_ns)
+
+
+def normalize_size(spec: BackboneSpec, image_size: int | tuple[int, int] | None) -> tuple[int, int]:
+    if image_size is None:
+        return (spec.input_size, spec.input_size)
+    if isinstance(image_size, int):
+        size = (image_size, image_size)
+    else:
+        size = tuple(int(v) for v in image_size)
+        if len(size) != 2:
+            raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
+    if min(size) < spec.min_size:
+        raise ValueError(f"{spec.name} needs images of at least {spec.min_size} px, got {size}")
+    return size  # type: ignore[return-value]
+
+
+def fingerprint_id(fingerprint: dict) -> str:
+    """A short stable id of a fingerprint (for file names and messages)."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _get_preprocess_layer():
+    """The uint8 → backbone-normalised float layer, registered so saved models load in safe mode."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="featx", name="ImagePreprocess")
+    class ImagePreprocess(keras.layers.Layer):
+        """Cast uint8 pixels to float and apply one keras.applications normalisation, on device."""
+
+        _MEAN_STD = {"torch": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+        _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+        def __init__(self, mode: str, **kwargs):
+            super().__init__(**kwargs)
+            if mode not in ("tf", "torch", "caffe", "none"):
+                raise ValueError(f"unknown preprocessing mode {mode!r}")
+            self.mode = mode
+
+        def call(self, x):
+            ops = keras.ops
+            x = ops.cast(x, self.compute_dtype)
+            if self.mode == "tf":
+                return x / 127.5 - 1.0
+            if self.mode == "torch":
+                mean, std = self._MEAN_STD["torch"]
+                return (x / 255.0 - ops.convert_to_tensor(mean, self.compute_dtype)) / ops.convert_to_tensor(
+                    std, self.compute_dtype
+                )
+            if self.mode == "caffe":
+                x = ops.flip(x, axis=-1)  # RGB → BGR, as the Caffe-trained weights expect
+                return x - ops.convert_to_tensor(self._CAFFE_MEAN_BGR, self.compute_dtype)
+            return x  # the network normalises 0..255 input itself (EfficientNet, ConvNeXt, V3)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "mode": self.mode}
+
+    return ImagePreprocess
+
+
+@lru_cache(maxsize=1)
+def preprocess_layer_class():
+    return _get_preprocess_layer()
+
+
+class Backbone:
+    """A built, frozen feature extractor: uint8 batches in, float32 features out.
+
+    >>> bb = Backbone.build("mobilenet_0.25", image_size=96)   # doctest: +SKIP
+    >>> bb.predict(np.zeros((2, 96, 96, 3), np.uint8)).shape   # doctest: +SKIP
+    (2, 256)
+    """
+
+    def __init__(self, spec: BackboneSpec, model, fingerprint: dict, weights: WeightsSource):
+        self.spec = spec
+        self.model = model
+        self.fingerprint = fingerprint
+        self.weights = weights
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.fingerprint["image_size"])  # type: ignore[return-value]
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.fingerprint["feature_dim"])
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights.kind == "none"
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Features for a uint8 batch (N, H, W, 3) → float32 (N, D)."""
+        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:3] != self.image_size:
+            raise ValueError(
+                f"expected uint8 pixels of shape (N, {self.image_size[0]}, {self.image_size[1]}, 3), "
+                f"got {pixels.dtype} {pixels.shape}"
+            )
+        out = self.model.predict_on_batch(pixels)
+        return np.asarray(out, dtype=np.float32)
+
+    @classmethod
+    def build(
+        cls,
+        name: str = DEFAULT_BACKBONE,
+        *,
+        weights: str | os.PathLike | None = "imagenet",
+        image_size: int | tuple[int, int] | None = None,
+        pooling: str = "avg",
+        layer: str | None = None,
+        seed: int = 0,
+    ) -> "Backbone":
+        """Build the backbone; raises WeightsUnavailable rather than falling back to random weights."""
+        spec = get_spec(name)
+        size = normalize_size(spec, image_size)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        source = resolve_weights(spec, weights)
+
+        import keras
+
+        if source.kind == "none":
+            # Random weights are only ever built on request, and seeded so they are reproducible.
+            keras.utils.set_random_seed(seed)
+        constructor = getattr(keras.applications, spec.constructor)
+        base = constructor(include_top=False, weights=None, input_shape=(*size, 3), **spec.kwargs)
+        if source.path is not None:
+            if spec.vendored and source.path.parent == VENDORED_DIR:
+                digest = sha256_file(source.path)
+                if digest != spec.vendored_sha256:
+                    raise WeightsUnavailable(
+                        f"vendored weights {source.path} are damaged (sha256 {digest}); reinstall featx"
+                    )
+            try:
+                base.load_weights(str(source.path))
+            except Exception as exc:  # Keras raises several types for a mismatched file
+                raise ValueError(
+                    f"weights file {source.path} does not fit backbone {spec.name!r} "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
+        base.trainable = False
+
+        if layer is not None:
+            try:
+                target = base.get_layer(layer)
+            except ValueError:
+                raise ValueError(
+                    f"backbone {spec.name!r} has no layer {layer!r}; "
+                    f"some of its layers: {', '.join(l.name for l in base.layers[-8:])}"
+                ) from None
+            base = keras.Model(base.inputs, target.output, name=f"{base.name}_{layer}")
+
+        inputs = keras.Input(shape=(*size, 3), dtype="uint8", name="pixels")
+        x = preprocess_layer_class()(spec.preprocessing, name="featx_preprocess")(inputs)
+        x = base(x, training=False)
+        if len(x.shape) == 4:
+            pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
+            x = pool(name=f"featx_{pooling}_pool")(x)
+        elif len(x.shape) != 2:
+            x = keras.layers.Flatten(name="featx_flatten")(x)
+        model = keras.Model(inputs, x, name=f"featx_{spec.name.replace('.', '_')}")
+        model.trainable = False
+
+        if source.kind == "none":
+            weights_sha = "random:seed=%d:" % seed + hashlib.sha256(
+                b"".join(np.asarray(w).tobytes() for w in base.get_weights())
+            ).hexdigest()
+        else:
+            weights_sha = sha256_file(source.path)
+        fingerprint = {
+            "backbone": spec.name,
+            "weights": source.kind,
+            "weights_sha256": weights_sha,
+            "image_size": list(size),
+            "pooling": pooling if len(base.output.shape) == 4 else None,
+            "layer": layer,
+            "feature_dim": int(x.shape[-1]),
+            "preprocessing": spec.preprocessing,
+            "resize": RESIZE_METHOD,
+            "preprocessing_version": PREPROCESSING_VERSION,
+        }
+        return cls(spec, model, fingerprint, source)
+
+
+def describe_backbones() -> list[dict]:
+    """One row per registry entry, for `featx backbones`."""
+    rows = []
+    for spec in REGISTRY.values():
+        path = find_imagenet_weights(spec)
+        rows.append(
+            {
+                "name": spec.name,
+                "keras_application": spec.constructor + (
+                    f"(alpha={spec.kwargs['alpha']})" if "alpha" in spec.kwargs else ""
+                ),
+                "input_size": spec.input_size,
+                "feature_dim": spec.feature_dim,
+                "preprocessing": spec.preprocessing,
+                "weights_file": spec.weights_file,
+                "imagenet_offline": path is not None,
+                "weights_path": str(path) if path else None,
+                "default": spec.name == DEFAULT_BACKBONE,
+            }
+        )
+    return rows
