@@ -1,0 +1,272 @@
+"""Feature extraction: sources → (minus what the store has) → pipeline → store, and its summary."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+
+from featx import pipeline
+from featx.backbones import DEFAULT_BACKBONE, Backbone, fingerprint_id
+from featx.decode import DEFAULT_MAX_PIXELS
+from featx.runtime import resolve_device, versions
+from featx.sources import ImageSet, Item, assign_splits, load_source
+from featx.store import FeatureStore, Rows, Skips, StoreWriter
+
+log = logging.getLogger("featx")
+
+
+@dataclass
+class ExtractSummary:
+    store: str
+    backbone: str
+    fingerprint_id: str
+    random_weights: bool
+    device: str
+    n_images: int = 0  # files in the image set
+    n_extracted: int = 0  # ran through the CNN in this run
+    n_cached: int = 0  # already in the store, untouched
+    n_reused: int = 0  # same content already in the store under another path/label: features copied
+    n_skipped: int = 0
+    skipped_by_kind: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)  # [{path, kind, reason}]
+    ignored: list = field(default_factory=list)
+    label_conflicts: list = field(default_factory=list)
+    n_store_rows: int = 0
+    n_stale_rows: int = 0  # rows of files that are not in this image set (kept unless pruned)
+    splits: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    model_seconds: float = 0.0
+    interrupted: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def format(self) -> str:
+        lines = [
+            f"store      {self.store}  ({self.n_store_rows} rows, splits {self.splits})",
+            f"backbone   {self.backbone}  fingerprint {self.fingerprint_id}  device {self.device}"
+            + ("  [RANDOM WEIGHTS]" if self.random_weights else ""),
+            f"images     {self.n_images} in the set: {self.n_extracted} extracted, {self.n_cached} already "
+            f"cached, {self.n_reused} reused by content, {self.n_skipped} skipped",
+            f"speed      {self.images_per_second:.1f} images/s over {self.seconds:.1f} s",
+        ]
+        if self.skipped_by_kind:
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped_by_kind.items()))
+            lines.append(f"skipped    by reason: {kinds}")
+            for s in self.skipped[:20]:
+                lines.append(f"  - {s['path']}: {s['kind']}: {s['reason']}")
+            if len(self.skipped) > 20:
+                lines.append(f"  … and {len(self.skipped) - 20} more (featx info --json lists all)")
+        if self.ignored:
+            lines.append(f"ignored    {len(self.ignored)} files not taken (e.g. {self.ignored[0]})")
+        if self.n_stale_rows:
+            lines.append(f"note       {self.n_stale_rows} store rows are files not in this set (kept; "
+                         "--prune drops them)")
+        for c in self.label_conflicts:
+            lines.append(f"WARNING    identical content under different labels {c['labels']}: "
+                         f"{', '.join(c['paths'])} (label noise?)")
+        if self.random_weights:
+            lines.append("WARNING    features come from RANDOM weights, as asked (--weights none)")
+        if self.interrupted:
+            lines.append("INTERRUPTED: everything extracted so far is saved; rerun the same command to finish")
+        return "\n".join(lines)
+
+
+class ExtractionInterrupted(KeyboardInterrupt):
+    """Ctrl-C during extraction; the store was consolidated first. `.summary` says what was done."""
+
+    def __init__(self, summary: ExtractSummary):
+        super().__init__("extraction interrupted; completed batches are saved")
+        self.summary = summary
+
+
+def _file_state(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="extract", file=sys.stderr, disable=not enabled or total == 0,
+                dynamic_ncols=True, smoothing=0.1)
+
+
+def extract(
+    data: str | os.PathLike | Sequence[str] | ImageSet,
+    store: str | os.PathLike,
+    *,
+    backbone: str | Backbone = DEFAULT_BACKBONE,
+    weights: str | os.PathLike | None = "imagenet",
+    image_size: int | tuple[int, int] | None = None,
+    pooling: str = "avg",
+    layer: str | None = None,
+    batch_size: int = 32,
+    dtype: str = "float32",
+    workers: int | None = None,
+    device: str = "auto",
+    validation_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    split_seed: int = 0,
+    allow_outside_root: bool = False,
+    prune: bool = False,
+    progress: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ExtractSummary:
+    """Extract features of every image in `data` into the HDF5 store `store`, resumably.
+
+    Only images not already in the store (new paths, or changed content) go through the CNN;
+    a killed run loses at most the batch in flight. Unreadable files are skipped and recorded with
+    their reason. A set without split folders is split (stratified, seeded) and the split is
+    recorded per row. See :mod:`featx.store` for the layout and guarantees.
+    """
+    started = time.perf_counter()
+    image_set = data if isinstance(data, ImageSet) else load_source(data, allow_outside_root=allow_outside_root)
+    image_set = assign_splits(
+        image_set, validation_fraction=validation_fraction, test_fraction=test_fraction, seed=split_seed
+    )
+    bb = backbone if isinstance(backbone, Backbone) else Backbone.build(
+        backbone, weights=weights, image_size=image_size, pooling=pooling, layer=layer
+    )
+    used_device = resolve_device(device)
+    fid = fingerprint_id(bb.fingerprint)
+    summary = ExtractSummary(str(store), bb.spec.name, fid, bb.random_weights, used_device,
+                             n_images=len(image_set.items), ignored=list(image_set.ignored))
+    writer = StoreWriter(
+        store, fingerprint=bb.fingerprint, fingerprint_id=fid, feature_dtype=dtype, root=image_set.root,
+        split_method=image_set.split_method, random_weights=bb.random_weights, versions=versions(),
+    )
+    skipped: list[dict] = []
+    with writer:
+        index = writer.index()
+        items = image_set.items
+        if image_set.split_method.get("method") == "stratified-hash":
+            # The store is authoritative for images it already holds: an image never changes split
+            # (adding files can shift the per-class quota; only new images follow the new quota).
+            items = [replace(it, split=index.split_of(it.relpath) or it.split) for it in items]
+        todo: list[Item] = []
+        for item in items:
+            state = _file_state(item.path)
+            row = index.unchanged(item.relpath, *state) if state else None
+            if row is not None and index.rows.label[row] == (item.label or "") and index.rows.split[row] == item.split:
+                summary.n_cached += 1
+            else:
+                todo.append(item)
+        if summary.n_cached:
+            log.info("resuming: %d of %d images already in %s", summary.n_cached, len(image_set.items), store)
+        bar = _progress_bar(len(todo), progress)
+        model_seconds = 0.0
+        pipeline_started = time.perf_counter()
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            nonlocal model_seconds
+            t = time.perf_counter()
+            out = bb.predict(batch)
+            model_seconds += time.perf_counter() - t
+            return out
+
+        try:
+            for result in pipeline.run(
+                todo, predict, image_size=bb.image_size, batch_size=batch_size, workers=workers,
+                known_hashes=index.by_hash, max_pixels=max_pixels,
+            ):
+                pairs = result.computed + result.reused
+                features = [result.features] if result.computed else []
+                if result.reused:
+                    features.append(writer.read_features(
+                        np.array([index.by_hash[d.sha256] for _, d in result.reused], np.int64)))
+                rows = Rows(
+                    np.concatenate(features) if features else np.zeros((0, bb.feature_dim), np.float32),
+                    np.array([d.sha256 for _, d in pairs], dtype=str),
+                    np.array([it.relpath for it, _ in pairs], dtype=str),
+                    np.array([it.label or "" for it, _ in pairs], dtype=str),
+                    np.array([it.split or "" for it, _ in pairs], dtype=str),
+                    np.array([d.nbytes for _, d in pairs], np.int64),
+                    np.array([d.mtime_ns for _, d in pairs], np.int64),
+                )
+                skips = [
+                    {"path": it.relpath, "kind": d.skip.kind, "reason": d.skip.detail, "sha256": d.sha256,
+                     "nbytes": d.nbytes, "mtime_ns": d.mtime_ns}
+                    for it, d in result.skipped
+                ]
+                writer.append(rows, Skips.from_records(skips))
+                skipped += skips
+                summary.n_extracted += len(result.computed)
+                summary.n_reused += len(result.reused)
+                bar.update(len(result))
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        finally:
+            bar.close()
+            pipeline_seconds = time.perf_counter() - pipeline_started
+            if prune and not summary.interrupted:
+                writer.consolidate(prune_paths={item.relpath for item in image_set.items})
+
+    summary.n_skipped = len(skipped)
+    summary.skipped = [{k: s[k] for k in ("path", "kind", "reason")} for s in skipped]
+    summary.skipped_by_kind = dict(Counter(s["kind"] for s in skipped))
+    summary.seconds = time.perf_counter() - started
+    # throughput of the extraction loop itself (model build and store consolidation excluded)
+    summary.images_per_second = summary.n_extracted / pipeline_seconds if pipeline_seconds else 0.0
+    summary.model_seconds = model_seconds
+    with FeatureStore(store) as fs:
+        summary.n_store_rows = len(fs)
+        summary.splits = dict(Counter(fs.splits.tolist()))
+        in_set = {item.relpath for item in image_set.items}
+        summary.n_stale_rows = sum(1 for p in fs.paths.tolist() if p not in in_set)
+        summary.label_conflicts = fs.label_conflicts()
+    for c in summary.label_conflicts:
+        log.warning("identical content under different labels %s: %s", c["labels"], ", ".join(c["paths"]))
+    if summary.interrupted:
+        raise ExtractionInterrupted(summary)
+    return summary
+
+
+@dataclass
+class InMemoryFeatures:
+    """Features of a list of images, rows in input order; skipped images have NaN rows."""
+
+    features: np.ndarray
+    sha256: list[str]
+    skipped: list[dict]  # [{index, path, kind, reason}]
+
+    @property
+    def ok(self) -> np.ndarray:
+        return ~np.isnan(self.features).any(axis=1)
+
+
+def extract_features(
+    paths: Sequence[str | os.PathLike],
+    backbone: Backbone,
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> InMemoryFeatures:
+    """Features of `paths` without a store (for predicting); bad files become NaN rows + a skip record."""
+    items = [Item(os.fspath(p), os.fspath(p), None, None) for p in paths]
+    position = {id(item): i for i, item in enumerate(items)}
+    features = np.full((len(items), backbone.feature_dim), np.nan, np.float32)
+    hashes = [""] * len(items)
+    skipped: list[dict] = []
+    for result in pipeline.run(items, backbone.predict, image_size=backbone.image_size,
+                               batch_size=batch_size, workers=workers, max_pixels=max_pixels):
+        for (item, decoded), row in zip(result.computed, result.features if result.computed else []):
+            features[position[id(item)]] = row
+            hashes[position[id(item)]] = decoded.sha256
+        for item, decoded in result.skipped:
+            skipped.append({"index": position[id(item)], "path": item.relpath, "kind": decoded.skip.kind,
+                             "reason": decoded.skip.detail})
+    skipped.sort(key=lambda s: s["index"])
+    return InMemoryFeatures(features, hashes, skipped)

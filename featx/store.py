@@ -1,0 +1,739 @@
+"""The HDF5 feature store: layout, crash-safe appends, the writer lock and the reader.
+
+Layout of ``STORE.h5`` (plain HDF5, readable with h5py alone)::
+
+    /features   (N, D) float32 or float16   one row per image
+    /sha256     (N,)   fixed ASCII (64)      sha256 of the image file's bytes: the row key
+    /path       (N,)   UTF-8                 path relative to the set's root (attr ``root``)
+    /label      (N,)   int32                 index into attr ``label_names`` (-1: no label)
+    /split      (N,)   UTF-8                 "train", "validation", "test" or ""
+    /nbytes, /mtime_ns (N,) int64            file size and mtime when read (cheap change check)
+    /skipped/{path,kind,reason,sha256}, /skipped/{nbytes,mtime_ns}   files that could not be used
+    attrs: format, format_version, fingerprint (JSON), fingerprint_id, feature_dtype, label_names
+           (JSON), root, split_method (JSON), random_weights, versions (JSON), created, updated
+
+Crash safety. ``STORE.h5`` is never modified in place. While extracting, every batch is written to
+``STORE.h5.journal/part-*.npz`` (temporary name, fsync, atomic rename), so a kill -9 loses at most
+the batch in flight. At the end of a run (and at the start of the next one, after a crash) the
+journal is *consolidated*: a new ``STORE.h5`` is written beside the old one and atomically renamed
+over it; then the parts are deleted. Replaying a part twice is harmless because rows are keyed by
+path (the newest row for a path wins). Readers see the consolidated file plus any committed parts.
+
+Concurrency. One writer at a time: writers hold ``STORE.h5.lock`` (an OS file lock, released if the
+holder dies); a second writer is refused at once. Readers take no lock and may read during a write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+
+FORMAT = "featx.store"
+FORMAT_VERSION = 1
+FEATURE_DTYPES = ("float32", "float16")
+_STR = h5py.string_dtype("utf-8")
+
+
+class StoreError(Exception):
+    """A store cannot be used as asked (missing, not a featx store, damaged)."""
+
+
+class FingerprintMismatch(StoreError):
+    """The store was made with another backbone configuration than the one at hand."""
+
+
+class StoreLocked(StoreError):
+    """Another process is writing to the store."""
+
+
+def journal_dir(path: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(path)}.journal")
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(path)}.lock")
+
+
+def describe_fingerprint_difference(expected: dict, actual: dict) -> str:
+    keys = sorted(set(expected) | set(actual))
+    diffs = [f"{k}: {expected.get(k)!r} vs {actual.get(k)!r}" for k in keys if expected.get(k) != actual.get(k)]
+    return "; ".join(diffs)
+
+
+@dataclass
+class Rows:
+    """A block of store rows in memory (labels as class names, '' when unlabelled)."""
+
+    features: np.ndarray
+    sha256: np.ndarray
+    path: np.ndarray
+    label: np.ndarray
+    split: np.ndarray
+    nbytes: np.ndarray
+    mtime_ns: np.ndarray
+
+    FIELDS = ("sha256", "path", "label", "split", "nbytes", "mtime_ns")
+
+    @classmethod
+    def empty(cls, dim: int, dtype: str = "float32") -> "Rows":
+        return cls(np.zeros((0, dim), dtype), *(np.array([], "U1") for _ in range(4)),
+                   np.array([], np.int64), np.array([], np.int64))
+
+    def __len__(self) -> int:
+        return len(self.sha256)
+
+    @classmethod
+    def concat(cls, blocks: Sequence["Rows"], dim: int, dtype: str) -> "Rows":
+        if not blocks:
+            return cls.empty(dim, dtype)
+        return cls(
+            np.concatenate([b.features.astype(dtype, copy=False) for b in blocks]),
+            *(np.concatenate([getattr(b, f) for b in blocks]) for f in cls.FIELDS),
+        )
+
+    def take(self, index: np.ndarray) -> "Rows":
+        return Rows(self.features[index], *(getattr(self, f)[index] for f in self.FIELDS))
+
+
+@dataclass
+class Skips:
+    """Files that could not be used, with the reason (one entry per path)."""
+
+    path: np.ndarray
+    kind: np.ndarray
+    reason: np.ndarray
+    sha256: np.ndarray
+    nbytes: np.ndarray
+    mtime_ns: np.ndarray
+
+    FIELDS = ("path", "kind", "reason", "sha256", "nbytes", "mtime_ns")
+
+    @classmethod
+    def from_records(cls, records: Sequence[dict]) -> "Skips":
+        return cls(
+            *(np.array([str(r.get(f, "")) for r in records], dtype=str) for f in cls.FIELDS[:4]),
+            *(np.array([int(r.get(f, -1)) for r in records], dtype=np.int64) for f in cls.FIELDS[4:]),
+        )
+
+    def __len__(self) -> int:
+        return len(self.path)
+
+    def records(self) -> list[dict]:
+        return [
+            {f: (getattr(self, f)[i].item()) for f in self.FIELDS} for i in range(len(self))
+        ]
+
+    @classmethod
+    def concat(cls, blocks: Sequence["Skips"]) -> "Skips":
+        if not blocks:
+            return cls.from_records([])
+        return cls(*(np.concatenate([getattr(b, f) for b in blocks]) for f in cls.FIELDS))
+
+    def take(self, index: np.ndarray) -> "Skips":
+        return Skips(*(getattr(self, f)[index] for f in self.FIELDS))
+
+
+def _last_per_key(keys: np.ndarray) -> np.ndarray:
+    """Indices of the last occurrence of each key, in original order."""
+    last: dict = {}
+    for i, k in enumerate(keys.tolist()):
+        last[k] = i
+    return np.array(sorted(last.values()), dtype=np.int64)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        _fsync_path(path)
+    except OSError:  # some file systems do not support fsync on directories
+        pass
+
+
+def _read_str(ds) -> np.ndarray:
+    return np.array(ds.asstr()[()], dtype=str) if len(ds) else np.array([], dtype=str)
+
+
+def _read_meta(f: h5py.File) -> dict:
+    return {
+        "fingerprint": json.loads(f.attrs["fingerprint"]),
+        "fingerprint_id": str(f.attrs["fingerprint_id"]),
+        "feature_dtype": str(f.attrs["feature_dtype"]),
+        "label_names": json.loads(f.attrs["label_names"]),
+        "root": str(f.attrs.get("root", "")),
+        "split_method": json.loads(f.attrs.get("split_method", "{}")),
+        "random_weights": bool(f.attrs.get("random_weights", False)),
+        "versions": json.loads(f.attrs.get("versions", "{}")),
+        "created": str(f.attrs.get("created", "")),
+        "updated": str(f.attrs.get("updated", "")),
+    }
+
+
+def _open_main(path: Path) -> h5py.File:
+    if not path.exists():
+        raise StoreError(f"store {str(path)!r} does not exist (create it with `featx extract`)")
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except OSError as exc:
+        raise StoreError(f"{path} is not a readable HDF5 file ({exc})") from None
+    if f.attrs.get("format") != FORMAT:
+        f.close()
+        raise StoreError(f"{path} is an HDF5 file but not a featx store (no format={FORMAT!r} attribute)")
+    version = int(f.attrs.get("format_version", 0))
+    if version > FORMAT_VERSION:
+        f.close()
+        raise StoreError(f"{path} has store format {version}; this featx reads up to {FORMAT_VERSION}")
+    return f
+
+
+def _read_main_rows_meta(f: h5py.File, label_names: list[str]) -> Rows:
+    """All row columns except features (cheap: strings and ints), labels as names."""
+    names = np.array(label_names + [""], dtype=str)  # index -1 → ""
+    labels = f["label"][()]
+    return Rows(
+        features=np.zeros((len(labels), 0), np.float32),  # placeholder; features stay on disk
+        sha256=f["sha256"][()].astype(str),
+        path=_read_str(f["path"]),
+        label=names[labels] if len(labels) else np.array([], dtype=str),
+        split=_read_str(f["split"]),
+        nbytes=f["nbytes"][()],
+        mtime_ns=f["mtime_ns"][()],
+    )
+
+
+def _read_skips(f: h5py.File) -> Skips:
+    g = f["skipped"]
+    return Skips(
+        _read_str(g["path"]), _read_str(g["kind"]), _read_str(g["reason"]),
+        g["sha256"][()].astype(str), g["nbytes"][()], g["mtime_ns"][()],
+    )
+
+
+def _list_parts(path: Path) -> list[Path]:
+    jdir = journal_dir(path)
+    if not jdir.is_dir():
+        return []
+    return sorted(jdir.glob("part-*.npz"))
+
+
+def _load_part(part: Path) -> tuple[Rows, Skips, str]:
+    try:
+        with np.load(part, allow_pickle=False) as z:
+            rows = Rows(z["features"], *(z[f] for f in Rows.FIELDS))
+            skips = Skips(*(z["skip_" + f] for f in Skips.FIELDS))
+            fid = str(z["fingerprint_id"])
+    except Exception as exc:  # a part is renamed into place only when complete, so this is disk damage
+        raise StoreError(
+            f"journal part {part} is unreadable ({type(exc).__name__}: {exc}); move it away to continue"
+        ) from None
+    return rows, skips, fid
+
+
+def load_journal(path: Path, fingerprint_id: str, dim: int, dtype: str) -> tuple[Rows, Skips, int]:
+    parts = _list_parts(path)
+    row_blocks, skip_blocks = [], []
+    for part in parts:
+        rows, skips, fid = _load_part(part)
+        if fid != fingerprint_id:
+            raise FingerprintMismatch(f"journal part {part} belongs to another backbone ({fid})")
+        row_blocks.append(rows)
+        skip_blocks.append(skips)
+    return Rows.concat(row_blocks, dim, dtype), Skips.concat(skip_blocks), len(parts)
+
+
+def _write_store_file(
+    target: Path,
+    meta: dict,
+    label_names: list[str],
+    sources: list[tuple[h5py.Dataset | np.ndarray, np.ndarray]],
+    rows_meta: Rows,
+    skips: Skips,
+) -> None:
+    """Write a complete store to `target` (a temporary name); features are copied chunk by chunk.
+
+    `sources` is a list of (features array or dataset, row indices to take) in output order;
+    `rows_meta` holds the matching non-feature columns for all output rows.
+    """
+    dim = int(meta["fingerprint"]["feature_dim"])
+    dtype = meta["feature_dtype"]
+    n = len(rows_meta)
+    label_index = {name: i for i, name in enumerate(label_names)}
+    chunk_rows = max(1, min(max(n, 1), (1 << 20) // (dim * np.dtype(dtype).itemsize)))
+    with h5py.File(target, "w", locking=False) as f:
+        feats = f.create_dataset("features", (n, dim), dtype, maxshape=(None, dim), chunks=(chunk_rows, dim))
+        pos = 0
+        for src, index in sources:
+            for start in range(0, len(index), 4096):
+                sel = index[start:start + 4096]
+                feats[pos:pos + len(sel)] = _take_rows(src, sel).astype(dtype, copy=False)
+                pos += len(sel)
+        assert pos == n, (pos, n)
+        f.create_dataset("sha256", data=rows_meta.sha256.astype("S64"), maxshape=(None,))
+        f.create_dataset("path", data=rows_meta.path.astype(object), dtype=_STR, maxshape=(None,))
+        labels = np.array([label_index[l] if l else -1 for l in rows_meta.label.tolist()], dtype=np.int32)
+        f.create_dataset("label", data=labels, maxshape=(None,))
+        f.create_dataset("split", data=rows_meta.split.astype(object), dtype=_STR, maxshape=(None,))
+        f.create_dataset("nbytes", data=rows_meta.nbytes.astype(np.int64), maxshape=(None,))
+        f.create_dataset("mtime_ns", data=rows_meta.mtime_ns.astype(np.int64), maxshape=(None,))
+        g = f.create_group("skipped")
+        for field in ("path", "kind", "reason"):
+            g.create_dataset(field, data=getattr(skips, field).astype(object), dtype=_STR, maxshape=(None,))
+        g.create_dataset("sha256", data=skips.sha256.astype("S64"), maxshape=(None,))
+        g.create_dataset("nbytes", data=skips.nbytes.astype(np.int64), maxshape=(None,))
+        g.create_dataset("mtime_ns", data=skips.mtime_ns.astype(np.int64), maxshape=(None,))
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["fingerprint"] = json.dumps(meta["fingerprint"], sort_keys=True)
+        f.attrs["fingerprint_id"] = meta["fingerprint_id"]
+        f.attrs["feature_dtype"] = dtype
+        f.attrs["label_names"] = json.dumps(label_names)
+        f.attrs["root"] = meta.get("root") or ""
+        f.attrs["split_method"] = json.dumps(meta.get("split_method") or {}, sort_keys=True)
+        f.attrs["random_weights"] = bool(meta.get("random_weights", False))
+        f.attrs["versions"] = json.dumps(meta.get("versions") or {}, sort_keys=True)
+        f.attrs["created"] = meta.get("created") or now
+        f.attrs["updated"] = now
+        f.attrs["n_rows"] = n
+    _fsync_path(target)
+
+
+def _take_rows(src, index: np.ndarray) -> np.ndarray:
+    """Rows `index` of an array or an h5py dataset (which wants increasing indices; slices are fastest)."""
+    if isinstance(src, np.ndarray):
+        return src[index]
+    if len(index) and index[-1] - index[0] + 1 == len(index) and np.all(np.diff(index) == 1):
+        return src[int(index[0]):int(index[-1]) + 1]
+    unique, inverse = np.unique(index, return_inverse=True)
+    return src[unique][inverse] if len(unique) else np.zeros((0,) + src.shape[1:], src.dtype)
+
+
+def _replace_atomically(tmp: Path, target: Path) -> None:
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+
+
+class StoreWriter:
+    """Appends rows to a store under an exclusive lock; see the module docstring for guarantees."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        fingerprint: dict,
+        fingerprint_id: str,
+        feature_dtype: str = "float32",
+        root: str | None = None,
+        split_method: dict | None = None,
+        random_weights: bool = False,
+        versions: dict | None = None,
+    ):
+        if feature_dtype not in FEATURE_DTYPES:
+            raise ValueError(f"feature dtype must be one of {FEATURE_DTYPES}, got {feature_dtype!r}")
+        self.path = Path(path)
+        self.meta = {
+            "fingerprint": fingerprint,
+            "fingerprint_id": fingerprint_id,
+            "feature_dtype": feature_dtype,
+            "root": root,
+            "split_method": split_method or {},
+            "random_weights": random_weights,
+            "versions": versions or {},
+        }
+        self.dim = int(fingerprint["feature_dim"])
+        self._lock = None
+        self._seq = 0
+        self._run_id = f"{time.time_ns():020d}-{os.getpid()}"
+        self.rows_written = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> "StoreWriter":
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> None:
+        from filelock import FileLock, Timeout
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_path(self.path)))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise StoreLocked(
+                f"store {self.path} is being written by another featx process (lock {lock_path(self.path)} "
+                "is held); wait for it to finish — readers may open the store meanwhile"
+            ) from None
+        self._lock = lock
+        try:
+            if self.path.exists():
+                self._check_compatible()
+                self.consolidate()  # recover rows a killed run left in the journal
+            else:
+                self._write_empty()
+            journal_dir(self.path).mkdir(exist_ok=True)
+            for stale in journal_dir(self.path).glob(".tmp-*"):
+                stale.unlink(missing_ok=True)  # half-written parts of a killed run: never committed
+        except BaseException:
+            self._release()
+            raise
+
+    def close(self) -> None:
+        try:
+            if self._lock is not None:
+                self.consolidate()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # -- checks ------------------------------------------------------------------------------
+    def _check_compatible(self) -> None:
+        with _open_main(self.path) as f:
+            existing = _read_meta(f)
+        if existing["fingerprint_id"] != self.meta["fingerprint_id"] or existing["fingerprint"] != self.meta["fingerprint"]:
+            raise FingerprintMismatch(
+                f"store {self.path} was made with a different backbone configuration; refusing to mix "
+                f"features ({describe_fingerprint_difference(existing['fingerprint'], self.meta['fingerprint'])}). "
+                "Use another --store, or the store's own settings (see `featx info`)."
+            )
+        if existing["feature_dtype"] != self.meta["feature_dtype"]:
+            raise StoreError(
+                f"store {self.path} holds {existing['feature_dtype']} features; asked for "
+                f"{self.meta['feature_dtype']} (use --dtype {existing['feature_dtype']} or another store)"
+            )
+        old_split, new_split = existing["split_method"], self.meta["split_method"]
+        if old_split and new_split and old_split != new_split:
+            raise StoreError(
+                f"store {self.path} was split with {old_split}; this run asks for {new_split}. Changing "
+                "the split of a store would mix train and evaluation images; use another --store"
+            )
+        self.meta["created"] = existing["created"]
+        self.meta["split_method"] = new_split or old_split
+        if not self.meta["root"]:
+            self.meta["root"] = existing["root"]
+
+    def _write_empty(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        empty = Rows.empty(self.dim, self.meta["feature_dtype"])
+        _write_store_file(tmp, self.meta, [], [], empty, Skips.from_records([]))
+        _replace_atomically(tmp, self.path)
+
+    # -- what is already there -----------------------------------------------------------
+    def index(self) -> "StoreIndex":
+        """Paths and hashes already in the store (the consolidated file; the journal is empty here)."""
+        with _open_main(self.path) as f:
+            meta = _read_meta(f)
+            rows = _read_main_rows_meta(f, meta["label_names"])
+        return StoreIndex(rows)
+
+    def read_features(self, rows: np.ndarray) -> np.ndarray:
+        """Features of consolidated rows `rows` (any order)."""
+        with _open_main(self.path) as f:
+            return _take_rows(f["features"], np.asarray(rows, np.int64)).astype(np.float32)
+
+    # -- writing ---------------------------------------------------------------------------
+    def append(self, rows: Rows, skips: Skips | None = None) -> None:
+        """Commit one block durably (temporary file, fsync, atomic rename into the journal)."""
+        if self._lock is None:
+            raise StoreError("store writer is not open")
+        skips = skips if skips is not None else Skips.from_records([])
+        if len(rows) == 0 and len(skips) == 0:
+            return
+        if rows.features.shape[1:] != (self.dim,):
+            raise ValueError(f"features of width {rows.features.shape[1:]} for a store of width {self.dim}")
+        self._seq += 1
+        jdir = journal_dir(self.path)
+        name = f"part-{self._run_id}-{self._seq:08d}.npz"
+        tmp = jdir / f".tmp-{name}"
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                features=rows.features.astype(self.meta["feature_dtype"], copy=False),
+                **{f: np.asarray(getattr(rows, f)) for f in Rows.FIELDS},
+                **{"skip_" + f: np.asarray(getattr(skips, f)) for f in Skips.FIELDS},
+                fingerprint_id=np.array(self.meta["fingerprint_id"]),
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, jdir / name)
+        self.rows_written += len(rows)
+
+    def consolidate(self, prune_paths: set[str] | None = None) -> int:
+        """Merge the journal into a new STORE.h5 and atomically replace the old one.
+
+        `prune_paths`, when given, is the set of paths to keep (rows of other paths are dropped).
+        Returns the number of journal parts merged.
+        """
+        parts = _list_parts(self.path)
+        if not parts and prune_paths is None:
+            return 0
+        dtype = self.meta["feature_dtype"]
+        new_rows, new_skips, _ = load_journal(self.path, self.meta["fingerprint_id"], self.dim, dtype)
+        with _open_main(self.path) as f:
+            old_meta = _read_meta(f)
+            old_rows = _read_main_rows_meta(f, old_meta["label_names"])
+            old_skips = _read_skips(f)
+            # newest row per path wins: journal rows replace consolidated rows of the same path
+            new_keep = _last_per_key(new_rows.path)
+            new_rows = new_rows.take(new_keep)
+            replaced = set(new_rows.path.tolist())
+            old_keep = np.array([i for i, p in enumerate(old_rows.path.tolist()) if p not in replaced], np.int64)
+            if prune_paths is not None:
+                old_keep = np.array([i for i in old_keep if old_rows.path[i] in prune_paths], np.int64)
+                new_rows = new_rows.take(np.array(
+                    [i for i, p in enumerate(new_rows.path.tolist()) if p in prune_paths], np.int64))
+            meta_rows = Rows(
+                np.zeros((0, 0)),
+                *(np.concatenate([getattr(old_rows, fld)[old_keep], getattr(new_rows, fld)]) for fld in Rows.FIELDS),
+            )
+            have_rows = set(meta_rows.path.tolist())
+            all_skips = Skips.concat([old_skips, new_skips])
+            keep_skips = _last_per_key(all_skips.path)
+            keep_skips = np.array([i for i in keep_skips if all_skips.path[i] not in have_rows
+                                   and (prune_paths is None or all_skips.path[i] in prune_paths)], np.int64)
+            skips = all_skips.take(keep_skips)
+            labels = sorted(set(old_meta["label_names"]) | {l for l in meta_rows.label.tolist() if l})
+            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            try:
+                _write_store_file(
+                    tmp, self.meta, labels,
+                    [(f["features"], old_keep), (new_rows.features, np.arange(len(new_rows)))],
+                    meta_rows, skips,
+                )
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        _replace_atomically(tmp, self.path)
+        for part in parts:  # only after the new file is in place: a crash here just replays them
+            part.unlink(missing_ok=True)
+        return len(parts)
+
+
+class StoreIndex:
+    """Lookup of what a store already holds: by path (with size/mtime) and by content hash."""
+
+    def __init__(self, rows: Rows):
+        self.rows = rows
+        self.by_path = {p: i for i, p in enumerate(rows.path.tolist())}
+        self.by_hash: dict[str, int] = {}
+        for i, h in enumerate(rows.sha256.tolist()):
+            self.by_hash.setdefault(h, i)
+
+    def unchanged(self, relpath: str, nbytes: int, mtime_ns: int) -> int | None:
+        """Row of `relpath` if the file looks unchanged (same size and mtime), else None."""
+        i = self.by_path.get(relpath)
+        if i is not None and self.rows.nbytes[i] == nbytes and self.rows.mtime_ns[i] == mtime_ns:
+            return i
+        return None
+
+    def split_of(self, relpath: str) -> str | None:
+        i = self.by_path.get(relpath)
+        return None if i is None else str(self.rows.split[i])
+
+
+class FeatureStore:
+    """Read a featx store: the consolidated rows plus any committed journal rows.
+
+    >>> with FeatureStore("cache/demo/digits.h5") as store:   # doctest: +SKIP
+    ...     X, y = store.split("train")
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._file = _open_main(self.path)
+        try:
+            meta = _read_meta(self._file)
+            self._meta = meta
+            main = _read_main_rows_meta(self._file, meta["label_names"])
+            journal, jskips, self.pending_parts = load_journal(
+                self.path, meta["fingerprint_id"], int(meta["fingerprint"]["feature_dim"]), meta["feature_dtype"]
+            )
+        except BaseException:
+            self._file.close()
+            raise
+        journal = journal.take(_last_per_key(journal.path))
+        replaced = set(journal.path.tolist())
+        self._main_index = np.array([i for i, p in enumerate(main.path.tolist()) if p not in replaced], np.int64)
+        self._journal = journal
+        self._rows = Rows(
+            np.zeros((0, 0)),
+            *(np.concatenate([getattr(main, f)[self._main_index], getattr(journal, f)]) for f in Rows.FIELDS),
+        )
+        label_names = sorted(set(meta["label_names"]) | {l for l in journal.label.tolist() if l})
+        self._label_names = label_names
+        lookup = {n: i for i, n in enumerate(label_names)}
+        self._y = np.array([lookup[l] if l else -1 for l in self._rows.label.tolist()], dtype=np.int64)
+        all_skips = Skips.concat([_read_skips(self._file), jskips])
+        have = set(self._rows.path.tolist())
+        keep = [i for i in _last_per_key(all_skips.path) if all_skips.path[i] not in have]
+        self._skips = all_skips.take(np.array(keep, np.int64))
+
+    # -- context manager -----------------------------------------------------------------
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __repr__(self) -> str:
+        return (f"FeatureStore({str(self.path)!r}, n={len(self)}, backbone={self.fingerprint['backbone']!r}, "
+                f"dim={self.feature_dim})")
+
+    # -- metadata ---------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> dict:
+        return dict(self._meta["fingerprint"])
+
+    @property
+    def fingerprint_id(self) -> str:
+        return self._meta["fingerprint_id"]
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self._meta["fingerprint"]["feature_dim"])
+
+    @property
+    def feature_dtype(self) -> str:
+        return self._meta["feature_dtype"]
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self._label_names)
+
+    @property
+    def root(self) -> str:
+        return self._meta["root"]
+
+    @property
+    def split_method(self) -> dict:
+        return dict(self._meta["split_method"])
+
+    @property
+    def random_weights(self) -> bool:
+        return self._meta["random_weights"]
+
+    @property
+    def versions(self) -> dict:
+        return dict(self._meta["versions"])
+
+    # -- rows ------------------------------------------------------------------------------
+    @property
+    def paths(self) -> np.ndarray:
+        return self._rows.path.copy()
+
+    @property
+    def sha256(self) -> np.ndarray:
+        return self._rows.sha256.copy()
+
+    @property
+    def splits(self) -> np.ndarray:
+        return self._rows.split.copy()
+
+    @property
+    def y(self) -> np.ndarray:
+        """Integer labels (indices into `label_names`; -1 for unlabelled rows)."""
+        return self._y.copy()
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.features(np.arange(len(self)))
+
+    @property
+    def skipped(self) -> list[dict]:
+        return self._skips.records()
+
+    def features(self, rows: np.ndarray) -> np.ndarray:
+        """Features of the given row indices, as float32, in the order asked."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.feature_dim), np.float32)
+        n_main = len(self._main_index)
+        in_main = rows < n_main
+        if in_main.any():
+            out[in_main] = _take_rows(self._file["features"], self._main_index[rows[in_main]])
+        if (~in_main).any():
+            out[~in_main] = self._journal.features[rows[~in_main] - n_main]
+        return out
+
+    def split_index(self, split: str) -> np.ndarray:
+        if split not in ("train", "validation", "test"):
+            raise ValueError(f"split must be train, validation or test, got {split!r}")
+        return np.flatnonzero(self._rows.split == split)
+
+    def split(self, split: str, *, labelled: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(X, y) of one split; with `labelled`, rows without a label are left out."""
+        index = self.split_index(split)
+        if labelled:
+            index = index[self._y[index] >= 0]
+        return self.features(index), self._y[index]
+
+    def iter_chunks(self, chunk_size: int = 4096, split: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield (X, y, row_index) blocks of at most `chunk_size` rows without loading everything."""
+        index = self.split_index(split) if split else np.arange(len(self))
+        for start in range(0, len(index), chunk_size):
+            rows = index[start:start + chunk_size]
+            yield self.features(rows), self._y[rows], rows
+
+    def label_conflicts(self) -> list[dict]:
+        """Identical file content recorded under different labels (probable label noise)."""
+        groups: dict[str, set] = {}
+        paths: dict[str, list] = {}
+        for h, lab, p in zip(self._rows.sha256.tolist(), self._rows.label.tolist(), self._rows.path.tolist()):
+            groups.setdefault(h, set()).add(lab)
+            paths.setdefault(h, []).append(p)
+        return [
+            {"sha256": h, "labels": sorted(labs), "paths": sorted(paths[h])}
+            for h, labs in groups.items() if len(labs) > 1
+        ]
+
+    def info(self) -> dict:
+        """A JSON-able summary (what `featx info --json` prints)."""
+        skipped = self.skipped
+        return {
+            "path": str(self.path),
+            "n_images": len(self),
+            "n_skipped": len(skipped),
+            "skipped": [{"path": s["path"], "kind": s["kind"], "reason": s["reason"]} for s in skipped],
+            "skipped_by_kind": dict(Counter(s["kind"] for s in skipped)),
+            "splits": dict(Counter(self._rows.split.tolist())),
+            "labels": {name: int((self._y == i).sum()) for i, name in enumerate(self._label_names)},
+            "label_names": self.label_names,
+            "backbone": self.fingerprint["backbone"],
+            "fingerprint": self.fingerprint,
+            "fingerprint_id": self.fingerprint_id,
+            "random_weights": self.random_weights,
+            "feature_dim": self.feature_dim,
+            "feature_dtype": self.feature_dtype,
+            "root": self.root,
+            "split_method": self.split_method,
+            "pending_journal_parts": self.pending_parts,
+            "label_conflicts": self.label_conflicts(),
+            "versions": self.versions,
+            "created": self._meta["created"],
+            "updated": self._meta["updated"],
+        }

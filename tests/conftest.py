@@ -1,0 +1,65 @@
+"""Shared fixtures: real flower photos from ../shared, the real vendored backbone (built once)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FEATX_SHARED", REPO.parent / "shared"))
+FLOWERS = SHARED / "data" / "flowers5"
+TEST_SIZE = 96  # small inputs keep the suite fast; the vendored conv weights work at any size
+
+
+def flower_files(cls: str, n: int, offset: int = 0) -> list[Path]:
+    if not FLOWERS.is_dir():
+        pytest.fail(f"test data missing: {FLOWERS} (set FEATX_SHARED to the shared/ folder)")
+    files = sorted((FLOWERS / cls).glob("*.jpg"))
+    return files[offset:offset + n]
+
+
+def make_flower_set(root: Path, classes=("daisy", "sunflower"), n=12, splits: dict | None = None) -> Path:
+    """Copy real photos into a class-folder layout (optionally under split folders)."""
+    if splits:
+        for split, (count, offset) in splits.items():
+            for cls in classes:
+                dest = root / split / cls
+                dest.mkdir(parents=True, exist_ok=True)
+                for f in flower_files(cls, count, offset):
+                    shutil.copy2(f, dest / f.name)
+    else:
+        for cls in classes:
+            dest = root / cls
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in flower_files(cls, n):
+                shutil.copy2(f, dest / f.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def backbone():
+    """The vendored MobileNet α=0.25 with its real ImageNet weights, at the test size."""
+    from featx.backbones import Backbone
+
+    return Backbone.build("mobilenet_0.25", weights="imagenet", image_size=TEST_SIZE)
+
+
+@pytest.fixture
+def flower_set(tmp_path) -> Path:
+    return make_flower_set(tmp_path / "flowers")
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 300):
+    """Run the real `featx` command line in a subprocess."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "featx.cli", *args], capture_output=True, text=True, env=full_env,
+        cwd=cwd, timeout=timeout,
+    )
