@@ -1,0 +1,142 @@
+"""Backbone registry, offline weight resolution, the fingerprint, and backend neutrality."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import TEST_SIZE, flower_files
+from featx.backbones import (
+    REGISTRY, VENDORED_DIR, Backbone, UnknownBackbone, WeightsUnavailable, describe_backbones, get_spec,
+    resolve_weights,
+)
+from featx.decode import decode_file
+
+VENDORED = VENDORED_DIR / "mobilenet_2_5_224_tf_no_top.h5"
+
+
+def test_registry_covers_the_required_backbones():
+    required = {"vgg16", "resnet50", "resnet50v2", "mobilenet", "mobilenet_0.75", "mobilenet_0.5",
+                "mobilenet_0.25", "mobilenetv2", "mobilenetv3small", "mobilenetv3large", "efficientnetb0",
+                "efficientnetb1", "efficientnetb2", "efficientnetb3", "efficientnetv2b0", "densenet121",
+                "inceptionv3", "xception", "convnexttiny"}
+    assert required <= set(REGISTRY)
+    assert get_spec("MobileNet-0.25").name == "mobilenet_0.25"
+    with pytest.raises(UnknownBackbone, match="choose one of"):
+        get_spec("resnet9000")
+
+
+@pytest.mark.parametrize("name", ["vgg16", "densenet121", "mobilenetv3small", "efficientnetb0"])
+def test_feature_width_and_preprocessing_modes_build(name):
+    # one backbone per normalisation mode (caffe, torch, in-model for V3 and EfficientNet)
+    bb = Backbone.build(name, weights="none", image_size=64)
+    out = bb.predict(np.full((2, 64, 64, 3), 128, np.uint8))
+    assert out.shape == (2, REGISTRY[name].feature_dim) and np.isfinite(out).all()
+    assert bb.fingerprint["weights"] == "none" and bb.fingerprint["weights_sha256"].startswith("random:")
+
+
+def test_vendored_features_equal_keras_reference_pipeline():
+    """featx's uint8-in model == keras.applications MobileNet + its own preprocess_input."""
+    import keras
+
+    bb = Backbone.build("mobilenet_0.25", weights="imagenet")
+    assert bb.weights.origin == "vendored with featx"
+    pixels = np.stack([decode_file(f, (224, 224)).pixels for f in flower_files("tulip", 4)])
+    ref = keras.applications.MobileNet(input_shape=(224, 224, 3), alpha=0.25, include_top=False,
+                                       weights=str(VENDORED), pooling="avg")
+    expected = ref.predict_on_batch(keras.applications.mobilenet.preprocess_input(pixels.astype("float32")))
+    np.testing.assert_allclose(bb.predict(pixels), np.asarray(expected), rtol=1e-4, atol=1e-5)
+
+
+def test_missing_imagenet_weights_stop_with_the_file_name_and_two_ways(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
+    with pytest.raises(WeightsUnavailable) as err:
+        Backbone.build("efficientnetb0", weights="imagenet")
+    msg = str(err.value)
+    assert "efficientnetb0_notop.h5" in msg and "KERAS_HOME" in msg and "--weights PATH" in msg
+    assert "never falls back" in msg
+
+
+def test_keras_cache_and_weights_path_resolve_offline(tmp_path, monkeypatch):
+    models = tmp_path / "kh" / "models"
+    models.mkdir(parents=True)
+    shutil.copy(VENDORED, models / VENDORED.name)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    spec = get_spec("mobilenet_0.25")
+    assert resolve_weights(spec, "imagenet").origin == "Keras cache"
+    own = tmp_path / "my_weights.h5"
+    shutil.copy(VENDORED, own)
+    src = resolve_weights(spec, str(own))
+    assert src.kind == "file" and src.path == own.resolve()
+    with pytest.raises(WeightsUnavailable, match="does not exist"):
+        resolve_weights(spec, str(tmp_path / "nope.h5"))
+    a = Backbone.build("mobilenet_0.25", weights="imagenet", image_size=TEST_SIZE)
+    b = Backbone.build("mobilenet_0.25", weights=str(own), image_size=TEST_SIZE)
+    assert a.fingerprint["weights_sha256"] == b.fingerprint["weights_sha256"]
+    assert a.fingerprint["weights"] == "imagenet" and b.fingerprint["weights"] == "file"
+    rows = {r["name"]: r for r in describe_backbones()}
+    assert rows["mobilenet_0.25"]["imagenet_offline"] and not rows["resnet50"]["imagenet_offline"]
+
+
+def test_wrong_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="does not fit backbone"):
+        Backbone.build("mobilenet_0.5", weights=str(VENDORED), image_size=TEST_SIZE)
+
+
+def test_random_weights_are_reproducible_and_labelled():
+    a = Backbone.build("mobilenet_0.25", weights="none", image_size=TEST_SIZE, seed=3)
+    b = Backbone.build("mobilenet_0.25", weights="none", image_size=TEST_SIZE, seed=3)
+    assert a.random_weights and a.fingerprint == b.fingerprint
+    x = np.random.default_rng(0).integers(0, 255, (2, TEST_SIZE, TEST_SIZE, 3), dtype=np.uint8)
+    np.testing.assert_allclose(a.predict(x), b.predict(x), rtol=1e-5)
+
+
+def test_named_layer_and_max_pooling(backbone):
+    bb = Backbone.build("mobilenet_0.25", image_size=TEST_SIZE, layer="conv_pw_11_relu", pooling="max")
+    x = np.random.default_rng(0).integers(0, 255, (2, TEST_SIZE, TEST_SIZE, 3), dtype=np.uint8)
+    assert bb.predict(x).shape == (2, 128)
+    assert bb.fingerprint["layer"] == "conv_pw_11_relu" and bb.fingerprint["pooling"] == "max"
+    assert bb.fingerprint != backbone.fingerprint
+    with pytest.raises(ValueError, match="has no layer"):
+        Backbone.build("mobilenet_0.25", image_size=TEST_SIZE, layer="no_such_layer")
+
+
+def test_wrong_input_is_refused(backbone):
+    with pytest.raises(ValueError, match="uint8"):
+        backbone.predict(np.zeros((1, TEST_SIZE, TEST_SIZE, 3), np.float32))
+
+
+JAX_SCRIPT = """
+import json, sys, numpy as np
+import keras
+from featx.extract import extract
+from featx.store import FeatureStore
+assert keras.backend.backend() == "jax", keras.backend.backend()
+summary = extract(sys.argv[1], sys.argv[2], backbone="mobilenet_0.25", image_size=%d, batch_size=4, progress=False)
+with FeatureStore(sys.argv[2]) as fs:
+    print(json.dumps({"n": summary.n_extracted, "paths": fs.paths.tolist(), "X": fs.X.tolist(),
+                      "versions": fs.versions}))
+""" % TEST_SIZE
+
+
+def test_extraction_under_the_jax_backend_matches_tensorflow(flower_set, tmp_path, backbone):
+    from featx.extract import extract
+    from featx.store import FeatureStore
+
+    extract(flower_set, tmp_path / "tf.h5", backbone=backbone, batch_size=4, progress=False)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(flower_set), str(tmp_path / "jax.h5")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["n"] == 24 and res["versions"]["keras_backend"] == "jax"
+    with FeatureStore(tmp_path / "tf.h5") as fs:
+        tf_rows = dict(zip(fs.paths.tolist(), fs.X))
+    for p, row in zip(res["paths"], res["X"]):
+        np.testing.assert_allclose(np.array(row, np.float32), tf_rows[p], rtol=1e-3, atol=1e-4)
