@@ -1,0 +1,281 @@
+"""Metrics, text reports and confusion-matrix figures for one model on one split."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+__all__ = ["evaluate", "format_report", "format_table", "save_confusion_png"]
+
+
+def _as_label_indices(values: Any, n_labels: int, what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be 1-D, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        # Accept integral floats (e.g. labels read back from HDF5), nothing else.
+        if not (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
+            raise ValueError(f"{what} must hold integer indices into label_names, got dtype {arr.dtype}")
+        arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= n_labels):
+        bad = arr[(arr < 0) | (arr >= n_labels)][0]
+        raise ValueError(f"{what} contains label {int(bad)}, outside 0..{n_labels - 1} (label_names)")
+    return arr.astype(np.int64, copy=False)
+
+
+def _positive_scores(y_score: Any, n: int) -> np.ndarray:
+    """Scores of class 1 from probabilities (n, 2) or decision values (n,)."""
+    scores = np.asarray(y_score, dtype=float)
+    if scores.ndim == 2 and scores.shape[1] == 2:
+        scores = scores[:, 1]
+    elif scores.ndim == 2 and scores.shape[1] == 1:
+        scores = scores[:, 0]
+    if scores.ndim != 1 or scores.shape[0] != n:
+        raise ValueError(
+            f"y_score must have shape (n,) or (n, 2) for a binary problem, got {np.shape(y_score)} "
+            f"for n={n}"
+        )
+    return scores
+
+
+def evaluate(
+    y_true: Any, y_pred: Any, *, label_names: list[str], y_score: Any = None
+) -> dict:
+    """Metrics of one set of predictions, as a JSON-able dict.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of int
+        Integer indices into ``label_names``.
+    label_names : list of str
+        Class names; the confusion matrix and ``per_class`` follow this order
+        and include classes that occur in neither array.
+    y_score : array-like, optional
+        Scores for ROC-AUC, binary problems only: probabilities (n, 2) or
+        decision values (n,), larger meaning class 1.
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``balanced_accuracy``, macro ``precision``/``recall``/
+        ``f1`` (averaged, as sklearn does, over the classes present in
+        ``y_true`` or ``y_pred``), ``per_class`` {name: {precision, recall, f1,
+        support}}, ``confusion_matrix`` (rows true, columns predicted),
+        ``labels``, ``n`` and ``roc_auc`` (None unless binary with scores and
+        both classes present). Undefined ratios count as 0, without warnings.
+    """
+    label_names = [str(n) for n in label_names]
+    k = len(label_names)
+    if k == 0:
+        raise ValueError("label_names is empty")
+    if len(set(label_names)) != k:
+        raise ValueError("label_names contains duplicates")
+    y_true = _as_label_indices(y_true, k, "y_true")
+    y_pred = _as_label_indices(y_pred, k, "y_pred")
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in length: {y_true.size} vs {y_pred.size}")
+    n = int(y_true.size)
+    if n == 0:
+        raise ValueError("cannot evaluate zero predictions")
+
+    labels = np.arange(k)
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    macro_p, macro_r, macro_f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, average="macro", zero_division=0
+    )
+    # Balanced accuracy from the matrix (mean recall over classes present in
+    # y_true): identical to sklearn's, minus its warning when y_pred has a
+    # class that y_true lacks.
+    row_totals = cm.sum(axis=1)
+    present = row_totals > 0
+    balanced = float(np.mean(np.diag(cm)[present] / row_totals[present]))
+
+    roc_auc = None
+    if y_score is not None and k == 2 and present.all():
+        roc_auc = float(roc_auc_score(y_true, _positive_scores(y_score, n)))
+
+    return {
+        "n": n,
+        "labels": label_names,
+        "accuracy": float(np.trace(cm) / n),
+        "balanced_accuracy": balanced,
+        "precision": float(macro_p),
+        "recall": float(macro_r),
+        "f1": float(macro_f1),
+        "roc_auc": roc_auc,
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(label_names)
+        },
+        "confusion_matrix": cm.astype(int).tolist(),
+    }
+
+
+# --------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------
+
+
+def _format_cell(value: Any, unit_interval: bool = False) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return "nan"
+        # Scores and rates get fixed decimals so a column reads evenly;
+        # anything else (C, seconds) 4 significant digits.
+        return f"{value:.4f}" if unit_interval else f"{value:.4g}"
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """Plain aligned text table of ``rows`` (dicts) restricted to ``columns``.
+
+    Numbers are right-aligned, text left-aligned. Float columns whose values
+    all lie in [0, 1] (scores) get 4 decimals, other floats 4 significant
+    digits; a missing key or None shows as ``-``.
+    """
+    columns = list(columns)
+    unit = [
+        all(
+            not isinstance(row.get(col), (float, np.floating)) or 0.0 <= row[col] <= 1.0
+            for row in rows
+        )
+        for col in columns
+    ]
+    cells = [[_format_cell(row.get(col), u) for col, u in zip(columns, unit)] for row in rows]
+    numeric = [
+        any(_is_number(row.get(col)) for row in rows)
+        and all(row.get(col) is None or _is_number(row.get(col)) for row in rows)
+        for col in columns
+    ]
+    widths = [
+        max([len(col)] + [len(r[j]) for r in cells]) for j, col in enumerate(columns)
+    ]
+
+    def line(values: list[str]) -> str:
+        parts = [
+            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [line(columns), "  ".join("-" * w for w in widths)]
+    out.extend(line(r) for r in cells)
+    return "\n".join(out)
+
+
+def _format_confusion(cm: list[list[int]], names: list[str]) -> str:
+    # Short names head the columns directly; long ones would make the matrix
+    # unreadable, so the columns then use class numbers that the rows spell out.
+    short = all(len(n) <= 12 for n in names)
+    col_heads = names if short else [str(i) for i in range(len(names))]
+    row_heads = names if short else [f"{i} {n}" for i, n in enumerate(names)]
+    width = max([len(h) for h in col_heads] + [len(str(v)) for row in cm for v in row])
+    row_w = max(len(h) for h in row_heads)
+    lines = [" " * row_w + "  " + " ".join(h.rjust(width) for h in col_heads)]
+    for head, row in zip(row_heads, cm):
+        lines.append(head.ljust(row_w) + "  " + " ".join(str(v).rjust(width) for v in row))
+    return "\n".join(lines)
+
+
+def format_report(result: dict, *, title: str | None = None) -> str:
+    """Readable terminal report of an :func:`evaluate` result."""
+    lines: list[str] = []
+    if title:
+        lines += [title, "=" * len(title)]
+    headline = [
+        ("accuracy", result["accuracy"]),
+        ("balanced accuracy", result["balanced_accuracy"]),
+        ("precision (macro)", result["precision"]),
+        ("recall (macro)", result["recall"]),
+        ("f1 (macro)", result["f1"]),
+    ]
+    if result.get("roc_auc") is not None:
+        headline.append(("ROC-AUC", result["roc_auc"]))
+    width = max(len(k) for k, _ in headline)
+    lines.append(f"{'examples'.ljust(width)}  {result['n']}")
+    lines += [f"{k.ljust(width)}  {v:.4f}" for k, v in headline]
+
+    lines += ["", "per class:"]
+    rows = [{"class": name, **vals} for name, vals in result["per_class"].items()]
+    lines.append(format_table(rows, ["class", "precision", "recall", "f1", "support"]))
+
+    lines += ["", "confusion matrix (rows: true class, columns: predicted):"]
+    lines.append(_format_confusion(result["confusion_matrix"], list(result["labels"])))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# Figure
+# --------------------------------------------------------------------------
+
+
+def save_confusion_png(result: dict, path: str | os.PathLike, *, title: str | None = None) -> None:
+    """Write the confusion matrix of an :func:`evaluate` result as a PNG.
+
+    Cells show counts; colours show the fraction of each true class (row
+    normalised), so small classes stay readable next to large ones.
+    """
+    # Figure + Agg canvas directly, not pyplot: no display needed, no global
+    # backend switch, no figure left registered in pyplot's state.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cm = np.asarray(result["confusion_matrix"], dtype=np.int64)
+    names = [str(n) for n in result["labels"]]
+    k = len(names)
+    if cm.shape != (k, k):
+        raise ValueError(f"confusion_matrix shape {cm.shape} does not match {k} labels")
+    totals = cm.sum(axis=1, keepdims=True)
+    fraction = np.divide(cm, totals, out=np.zeros(cm.shape, dtype=float), where=totals > 0)
+
+    # Grow with the number of classes and the longest name (tick labels).
+    longest = max(len(n) for n in names)
+    side = min(3.0 + 0.45 * k + 0.07 * longest, 24.0)
+    fig = Figure(figsize=(side + 1.2, side), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(fraction, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    colorbar.set_label("fraction of true class")
+
+    ticks = np.arange(k)
+    tick_size = max(5.0, min(10.0, 160.0 / max(k, 1)))
+    ax.set_xticks(ticks, labels=names, rotation=45, ha="right", rotation_mode="anchor", fontsize=tick_size)
+    ax.set_yticks(ticks, labels=names, fontsize=tick_size)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or f"confusion matrix (n = {int(cm.sum())})")
+
+    count_size = max(4.0, min(10.0, 200.0 / max(k, 1)))
+    for i in range(k):
+        for j in range(k):
+            # White text on dark cells, black on light ones.
+            colour = "white" if fraction[i, j] > 0.5 else "black"
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=colour, fontsize=count_size)
+
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), format="png", dpi=120, bbox_inches="tight")
