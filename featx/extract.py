@@ -13,11 +13,11 @@ from typing import Sequence
 import numpy as np
 
 from featx import pipeline
-from featx.backbones import DEFAULT_BACKBONE, Backbone, fingerprint_id
+from featx.backbones import DEFAULT_BACKBONE, Backbone, fingerprint_id, get_spec
 from featx.decode import DEFAULT_MAX_PIXELS
 from featx.runtime import resolve_device, versions
 from featx.sources import ImageSet, Item, assign_splits, load_source
-from featx.store import FeatureStore, Rows, Skips, StoreWriter
+from featx.store import FEATURE_DTYPES, FeatureStore, Rows, Skips, StoreWriter
 
 log = logging.getLogger("featx")
 
@@ -132,6 +132,13 @@ def extract(
     recorded per row. See :mod:`featx.store` for the layout and guarantees.
     """
     started = time.perf_counter()
+    # Cheap argument checks first, so a typo fails before a large folder is scanned.
+    if not isinstance(backbone, Backbone):
+        get_spec(backbone)
+    if dtype not in FEATURE_DTYPES:
+        raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
     image_set = data if isinstance(data, ImageSet) else load_source(data, allow_outside_root=allow_outside_root)
     image_set = assign_splits(
         image_set, validation_fraction=validation_fraction, test_fraction=test_fraction, seed=split_seed
@@ -227,7 +234,7 @@ def extract(
         summary.n_stale_rows = sum(1 for p in fs.paths.tolist() if p not in in_set)
         summary.label_conflicts = fs.label_conflicts()
     for c in summary.label_conflicts:
-        log.warning("identical content under different labels %s: %s", c["labels"], ", ".join(c["paths"]))
+        log.debug("identical content under different labels %s: %s", c["labels"], ", ".join(c["paths"]))
     if summary.interrupted:
         raise ExtractionInterrupted(summary)
     return summary

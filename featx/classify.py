@@ -1,0 +1,186 @@
+"""Feature transfer end to end on a store: train, evaluate and predict with saved classifiers.
+
+The glue between the store, the linear models, the metrics and the backbone registry; it holds
+no modelling or I/O logic of its own. Every step checks the backbone fingerprint, so a classifier
+is never applied to features of another backbone configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from featx import linear, metrics
+from featx.backbones import Backbone, fingerprint_id
+from featx.extract import extract_features
+from featx.sources import SourceError, walk_images
+from featx.store import FeatureStore
+
+
+@dataclass
+class TrainReport:
+    model_path: str
+    name: str
+    candidates: list[dict]
+    n_train: int
+    label_names: list[str]
+    random_weights: bool
+    seconds: float
+    result: linear.TrainResult | None = None  # the fitted candidates (not serialised)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k != "result"}
+
+
+def train_store(
+    store: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    classifier: str = "all",
+    penalty: str = "all",
+    cv: int = 5,
+    class_weight: str | None = None,
+    calibrate: bool = False,
+    n_jobs: int | None = None,
+    random_state: int = 0,
+) -> TrainReport:
+    """Choose and fit a linear classifier on the store's train split; save it bound to the fingerprint."""
+    started = time.perf_counter()
+    with FeatureStore(store) as fs:
+        X, y = fs.split("train")
+        if len(X) == 0:
+            raise ValueError(
+                f"store {store} has no labelled rows in the train split (splits: {fs.info()['splits']})"
+            )
+        result = linear.train(X, y, classifier=classifier, penalty=penalty, cv=cv, class_weight=class_weight,
+                              calibrate=calibrate, random_state=random_state, n_jobs=n_jobs,
+                              label_names=fs.label_names)
+        candidates = [dataclasses.asdict(c) for c in result.candidates]
+        report = TrainReport(str(out), result.name, candidates, len(X), fs.label_names, fs.random_weights,
+                             time.perf_counter() - started, result)
+        from featx.runtime import versions
+
+        linear.save_classifier(
+            out, result.estimator, fingerprint=fs.fingerprint, label_names=fs.label_names,
+            info={
+                "name": result.name,
+                "candidates": candidates,
+                "scoring": result.scoring,
+                "cv": cv,
+                "class_weight": class_weight,
+                "n_train": int(len(X)),
+                "store": str(Path(store).resolve()),
+                "fingerprint_id": fs.fingerprint_id,
+                "random_weights": fs.random_weights,
+                "versions": versions(),
+                "trained": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
+    return report
+
+
+def _map_labels(y_store: np.ndarray, store_names: list[str], model_names: list[str]) -> np.ndarray:
+    unknown = sorted(set(store_names[i] for i in np.unique(y_store)) - set(model_names))
+    if unknown:
+        raise ValueError(f"the store has classes the classifier never saw: {unknown}")
+    lookup = np.array([model_names.index(n) if n in model_names else -1 for n in store_names], np.int64)
+    return lookup[y_store]
+
+
+def evaluate_store(model: str | os.PathLike, store: str | os.PathLike, *, split: str = "validation") -> dict:
+    """Metrics of a saved classifier on one split of a store (a split never used for selection)."""
+    saved = linear.load_classifier(model)
+    with FeatureStore(store) as fs:
+        linear.check_fingerprint(saved.fingerprint, fs.fingerprint, what=f"store {store}")
+        X, y = fs.split(split)
+        if len(X) == 0:
+            raise ValueError(
+                f"store {store} has no labelled rows in split {split!r} (splits: {fs.info()['splits']})"
+            )
+        if saved.info.get("store") == str(Path(store).resolve()) and split == "train":
+            raise ValueError("refusing to evaluate on the train split the classifier was fitted on")
+        y_true = _map_labels(y, fs.label_names, saved.label_names)
+        random_weights = fs.random_weights
+    pred, score = linear.predict_scores(saved.estimator, X)
+    result = metrics.evaluate(y_true, pred, label_names=saved.label_names, y_score=score)
+    result.update({
+        "model": str(model), "model_name": saved.info.get("name"), "store": str(store), "split": split,
+        "backbone": saved.fingerprint.get("backbone"), "fingerprint_id": fingerprint_id(saved.fingerprint),
+        "random_weights": random_weights,
+    })
+    return result
+
+
+def backbone_for(fingerprint: dict, weights: str | os.PathLike | None = None) -> Backbone:
+    """Rebuild the exact backbone a fingerprint describes, or refuse."""
+    if weights is None:
+        if fingerprint["weights"] == "file":
+            raise ValueError(
+                "this classifier was trained on features from a user weights file (sha256 "
+                f"{fingerprint['weights_sha256']}); pass the same file with --weights PATH"
+            )
+        weights = fingerprint["weights"]
+    seed = 0
+    match = re.match(r"random:seed=(\d+):", str(fingerprint.get("weights_sha256", "")))
+    if match:
+        seed = int(match.group(1))
+    bb = Backbone.build(fingerprint["backbone"], weights=weights, image_size=tuple(fingerprint["image_size"]),
+                        pooling=fingerprint.get("pooling") or "avg", layer=fingerprint.get("layer"), seed=seed)
+    linear.check_fingerprint(fingerprint, bb.fingerprint, what="the backbone built for prediction")
+    return bb
+
+
+def expand_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Files as given, folders expanded to the image files under them (sorted)."""
+    paths: list[str] = []
+    for entry in inputs:
+        entry = os.fspath(entry)
+        if os.path.isdir(entry):
+            paths.extend(walk_images(Path(entry), []))
+        elif os.path.lexists(entry):
+            paths.append(entry)
+        else:
+            raise SourceError(f"{entry!r} does not exist")
+    return paths
+
+
+def predict_images(
+    model: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    *,
+    weights: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+) -> dict:
+    """Predict the class of images with a saved classifier, extracting with its recorded backbone."""
+    saved = linear.load_classifier(model)
+    paths = expand_images(inputs)
+    bb = backbone_for(saved.fingerprint, weights)
+    feats = extract_features(paths, bb, batch_size=batch_size, workers=workers)
+    ok = feats.ok
+    predictions: list[dict] = []
+    if ok.any():
+        X = feats.features[ok]
+        pred, _ = linear.predict_scores(saved.estimator, X)
+        proba = saved.estimator.predict_proba(X) if hasattr(saved.estimator, "predict_proba") else None
+        classes = [saved.label_names[int(c)] for c in saved.estimator.classes_]
+        for j, i in enumerate(np.flatnonzero(ok)):
+            entry = {"path": paths[i], "label": saved.label_names[int(pred[j])], "sha256": feats.sha256[i]}
+            if proba is not None:
+                entry["probabilities"] = {c: float(p) for c, p in zip(classes, proba[j])}
+                entry["confidence"] = float(proba[j].max())
+            predictions.append(entry)
+    return {
+        "model": str(model),
+        "backbone": saved.fingerprint["backbone"],
+        "random_weights": bb.random_weights,
+        "predictions": predictions,
+        "skipped": [{k: s[k] for k in ("path", "kind", "reason")} for s in feats.skipped],
+    }

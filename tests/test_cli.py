@@ -1,0 +1,126 @@
+"""The `featx` command line end to end: extract → train → evaluate → predict, info, backbones, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TEST_SIZE, flower_files, make_flower_set, run_cli
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A real 3-class flower set with split folders, extracted and trained through the CLI."""
+    tmp = tmp_path_factory.mktemp("cli")
+    data = make_flower_set(tmp / "flowers", classes=("daisy", "sunflower", "tulip"),
+                           splits={"train": (30, 0), "validation": (15, 30)})
+    store, model = tmp / "f.h5", tmp / "f.skops"
+    ex = run_cli("extract", str(data), "--store", str(store), "--backbone", "mobilenet_0.25",
+                 "--image-size", str(TEST_SIZE), "--batch-size", "16", "--no-progress", "--json")
+    assert ex.returncode == 0, ex.stderr
+    tr = run_cli("train", str(store), "--out", str(model), "--classifier", "all", "--penalty", "all", "--cv", "3")
+    assert tr.returncode == 0, tr.stderr
+    return {"tmp": tmp, "data": data, "store": store, "model": model, "extract": json.loads(ex.stdout),
+            "train": tr.stdout}
+
+
+def test_extract_summary_json(trained):
+    s = trained["extract"]
+    assert s["n_images"] == 135 and s["n_extracted"] == 135 and s["n_skipped"] == 0
+    assert s["splits"] == {"train": 90, "validation": 45}
+    assert s["backbone"] == "mobilenet_0.25" and s["random_weights"] is False
+
+
+def test_train_prints_the_table_of_all_candidates(trained):
+    out = trained["train"]
+    for name in ("logreg", "svm", "l1", "l2", "cv_score_mean"):
+        assert name in out
+    assert "kept" in out and trained["model"].exists()
+
+
+def test_evaluate_json_and_confusion_png(trained):
+    png = trained["tmp"] / "cm.png"
+    ev = run_cli("evaluate", str(trained["model"]), str(trained["store"]), "--split", "validation", "--json",
+                 "--confusion-png", str(png))
+    assert ev.returncode == 0, ev.stderr
+    r = json.loads(ev.stdout)
+    for key in ("accuracy", "precision", "recall", "f1", "confusion_matrix", "per_class"):
+        assert key in r
+    assert r["n"] == 45 and np.array(r["confusion_matrix"]).sum() == 45
+    assert r["accuracy"] > 0.6  # 3 classes, 30 training photos each at 96 px (chance: 0.33)
+    assert Image.open(png).size[0] > 100
+    text = run_cli("evaluate", str(trained["model"]), str(trained["store"]))
+    assert text.returncode == 0 and "daisy" in text.stdout and "accuracy" in text.stdout
+
+
+def test_predict_json_on_files_and_folders(trained, tmp_path):
+    imgs = tmp_path / "new"
+    imgs.mkdir()
+    for f in flower_files("sunflower", 3, offset=200):
+        shutil.copy2(f, imgs / f.name)
+    (imgs / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    single = flower_files("daisy", 1, offset=300)[0]
+    pr = run_cli("predict", str(trained["model"]), str(single), str(imgs), "--json")
+    assert pr.returncode == 0, pr.stderr
+    r = json.loads(pr.stdout)
+    assert len(r["predictions"]) == 4 and len(r["skipped"]) == 1
+    assert r["skipped"][0]["path"].endswith("broken.jpg")
+    labels = [p["label"] for p in r["predictions"]]
+    assert labels.count("sunflower") >= 2
+    assert abs(sum(r["predictions"][0]["probabilities"].values()) - 1) < 1e-6
+
+
+def test_info_json(trained):
+    info = run_cli("info", str(trained["store"]), "--json")
+    assert info.returncode == 0
+    r = json.loads(info.stdout)
+    assert r["n_images"] == 135 and r["n_skipped"] == 0 and r["skipped"] == []
+    assert r["splits"] == {"train": 90, "validation": 45} and r["backbone"] == "mobilenet_0.25"
+    assert run_cli("info", str(trained["store"])).stdout.count("mobilenet_0.25") >= 1
+
+
+def test_model_refuses_a_store_of_another_backbone(trained, tmp_path):
+    other = tmp_path / "other.h5"
+    ex = run_cli("extract", str(trained["data"]), "--store", str(other), "--backbone", "mobilenet_0.25",
+                 "--image-size", str(TEST_SIZE), "--pooling", "max", "--no-progress")
+    assert ex.returncode == 0, ex.stderr
+    ev = run_cli("evaluate", str(trained["model"]), str(other))
+    assert ev.returncode == 1 and "pooling" in ev.stderr
+
+
+def test_backbones_lists_the_vendored_one_offline():
+    out = run_cli("backbones", "--json")
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert rows["mobilenet_0.25"]["imagenet_offline"] is True
+    assert rows["mobilenet_0.25"]["feature_dim"] == 256 and rows["efficientnetb0"]["default"] is True
+    assert "mobilenet_0.25" in run_cli("backbones").stdout
+
+
+def test_exit_codes_and_messages(tmp_path, monkeypatch):
+    assert run_cli("extract").returncode == 2  # argparse usage error
+    r = run_cli("extract", str(tmp_path / "nowhere"), "--store", str(tmp_path / "s.h5"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    r = run_cli("extract", str(tmp_path), "--store", str(tmp_path / "s.h5"), "--backbone", "alexnet")
+    assert r.returncode == 2 and "unknown backbone" in r.stderr
+    data = make_flower_set(tmp_path / "d", classes=("daisy",), n=2)
+    r = run_cli("extract", str(data), "--store", str(tmp_path / "s.h5"), "--backbone", "resnet50",
+                env={"KERAS_HOME": str(tmp_path / "kh")})
+    assert r.returncode == 1 and "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in r.stderr
+    assert not (tmp_path / "s.h5").exists()  # nothing written, nothing silently random
+    r = run_cli("info", str(tmp_path / "missing.h5"))
+    assert r.returncode == 1 and "does not exist" in r.stderr
+    for cmd in ("extract", "train", "evaluate", "predict", "info", "backbones", "demo"):
+        assert run_cli(cmd, "--help").returncode == 0
+
+
+def test_random_weights_are_labelled_everywhere(tmp_path):
+    data = make_flower_set(tmp_path / "d", classes=("daisy", "rose"), n=6)
+    r = run_cli("extract", str(data), "--store", str(tmp_path / "r.h5"), "--backbone", "mobilenet_0.25",
+                "--weights", "none", "--image-size", str(TEST_SIZE), "--no-progress")
+    assert r.returncode == 0 and "RANDOM WEIGHTS" in r.stdout
+    info = json.loads(run_cli("info", str(tmp_path / "r.h5"), "--json").stdout)
+    assert info["random_weights"] is True and info["fingerprint"]["weights"] == "none"
