@@ -119,7 +119,7 @@ def from_directory(root: str | os.PathLike) -> ImageSet:
         for class_dir in _class_dirs(folder):
             for path in walk_images(class_dir, ignored):
                 rel = Path(path).relative_to(root_path).as_posix()
-                items.append(Item(path, _display(rel), class_dir.name, split))
+                items.append(Item(path, _display(rel), _display(class_dir.name), split))
     ignored += [f"{_display(name)}: image outside any class folder" for name in stray]
     if not items:
         raise SourceError(

@@ -230,12 +230,18 @@ def _list_parts(path: Path) -> list[Path]:
     return sorted(jdir.glob("part-*.npz"))
 
 
+class _PartVanished(StoreError):
+    """A journal part was merged and removed by a writer between listing and reading."""
+
+
 def _load_part(part: Path) -> tuple[Rows, Skips, str]:
     try:
         with np.load(part, allow_pickle=False) as z:
             rows = Rows(z["features"], *(z[f] for f in Rows.FIELDS))
             skips = Skips(*(z["skip_" + f] for f in Skips.FIELDS))
             fid = str(z["fingerprint_id"])
+    except FileNotFoundError:
+        raise _PartVanished(str(part)) from None
     except Exception as exc:  # a part is renamed into place only when complete, so this is disk damage
         raise StoreError(
             f"journal part {part} is unreadable ({type(exc).__name__}: {exc}); move it away to continue"
@@ -560,17 +566,25 @@ class FeatureStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._file = _open_main(self.path)
-        try:
-            meta = _read_meta(self._file)
-            self._meta = meta
-            main = _read_main_rows_meta(self._file, meta["label_names"])
-            journal, jskips, self.pending_parts = load_journal(
-                self.path, meta["fingerprint_id"], int(meta["fingerprint"]["feature_dim"]), meta["feature_dtype"]
-            )
-        except BaseException:
-            self._file.close()
-            raise
+        for attempt in range(5):
+            self._file = _open_main(self.path)
+            try:
+                meta = _read_meta(self._file)
+                self._meta = meta
+                main = _read_main_rows_meta(self._file, meta["label_names"])
+                journal, jskips, self.pending_parts = load_journal(
+                    self.path, meta["fingerprint_id"], int(meta["fingerprint"]["feature_dim"]),
+                    meta["feature_dtype"],
+                )
+                break
+            except _PartVanished:
+                # a writer consolidated while we read: its parts are now in a newer STORE.h5
+                self._file.close()
+                if attempt == 4:
+                    raise StoreError(f"store {self.path} kept changing while being opened; try again")
+            except BaseException:
+                self._file.close()
+                raise
         journal = journal.take(_last_per_key(journal.path))
         replaced = set(journal.path.tolist())
         self._main_index = np.array([i for i, p in enumerate(main.path.tolist()) if p not in replaced], np.int64)
