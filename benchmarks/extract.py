@@ -1,0 +1,182 @@
+"""Extraction throughput, measured side by side in one run on the same files.
+
+    python benchmarks/extract.py DATA [--backbone mobilenet_0.25] [--n 600] [--batch-size 64]
+
+(a) decode-only ceiling: featx's reader alone on all cores (threads)
+(b) model-only ceiling: the backbone on a resident uint8 batch (compiled predict step)
+(c) featx end to end: `featx.extract` into a fresh store
+(d) keras.utils.image_dataset_from_directory + predict      (TensorFlow backend only)
+(e) legacy ImageDataGenerator.flow_from_directory + predict  (TensorFlow backend only)
+
+Prints images/s for each and the ratios c/d, c/e, c/min(a, b); writes everything to --json.
+DATA is a folder of class folders; the first N image files (sorted) are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+
+def pick_files(data: str, n: int) -> list[tuple[str, str]]:
+    from featx.sources import from_directory
+
+    items = from_directory(data).items
+    if len(items) < n:
+        print(f"note: only {len(items)} images in {data}; using all", file=sys.stderr)
+    return [(it.path, it.label or "x") for it in items[:n]]
+
+
+def linked_tree(files: list[tuple[str, str]], root: Path) -> Path:
+    """The chosen files as a class-folder tree of symlinks (for the Keras loaders)."""
+    for i, (path, label) in enumerate(files):
+        dest = root / label / f"{i:06d}{Path(path).suffix.lower()}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.abspath(path), dest)
+    return root
+
+
+def bench_decode(files, size, workers) -> float:
+    from featx.decode import decode_file
+    from featx.pipeline import ordered_map
+
+    start = time.perf_counter()
+    n = sum(1 for d in ordered_map(lambda p: decode_file(p, size), [f for f, _ in files],
+                                   workers=workers, window=8 * workers) if d.pixels is not None)
+    return n / (time.perf_counter() - start)
+
+
+def bench_model(backbone, batch_size, seconds=5.0) -> float:
+    import keras
+
+    x = keras.ops.convert_to_tensor(
+        np.random.default_rng(0).integers(0, 256, (batch_size, *backbone.image_size, 3), dtype=np.uint8))
+    np.asarray(backbone.model.predict_on_batch(x))  # compile
+    np.asarray(backbone.model.predict_on_batch(x))
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        np.asarray(backbone.model.predict_on_batch(x))
+        n += batch_size
+    return n / (time.perf_counter() - start)
+
+
+def bench_featx(files, backbone, batch_size, workers, tmp: Path) -> tuple[float, dict]:
+    from featx.extract import extract
+    from featx.sources import ImageSet, Item
+
+    image_set = ImageSet([Item(p, f"{i:06d}", label, "train") for i, (p, label) in enumerate(files)],
+                         None, "paths", sorted({l for _, l in files}), {"method": "benchmark"})
+    start = time.perf_counter()
+    summary = extract(image_set, tmp / "bench.h5", backbone=backbone, batch_size=batch_size,
+                      workers=workers, progress=False)
+    wall = time.perf_counter() - start
+    return summary.n_extracted / wall, {"n_extracted": summary.n_extracted, "n_skipped": summary.n_skipped,
+                                        "loop_images_per_second": summary.images_per_second}
+
+
+def keras_reference_model(backbone):
+    """The same network as featx's, fed float pixels 0..255 the way Keras users do."""
+    import keras
+
+    inputs = keras.Input((*backbone.image_size, 3), dtype="float32")
+    x = keras.layers.Lambda(lambda t: keras.ops.cast(t, "uint8"))(inputs)
+    return keras.Model(inputs, backbone.model(x))
+
+
+def bench_dataset_from_directory(tree, backbone, batch_size) -> float:
+    import keras
+
+    ds = keras.utils.image_dataset_from_directory(tree, labels=None, image_size=backbone.image_size,
+                                                  batch_size=batch_size, shuffle=False)
+    model = keras_reference_model(backbone)
+    start = time.perf_counter()
+    n = len(model.predict(ds, verbose=0))
+    return n / (time.perf_counter() - start)
+
+
+def bench_image_data_generator(tree, backbone, batch_size) -> float:
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+    gen = ImageDataGenerator().flow_from_directory(tree, target_size=backbone.image_size,
+                                                   batch_size=batch_size, class_mode=None, shuffle=False)
+    model = keras_reference_model(backbone)
+    start = time.perf_counter()
+    n = len(model.predict(gen, verbose=0))
+    return n / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data")
+    ap.add_argument("--backbone", default="mobilenet_0.25")
+    ap.add_argument("--weights", default="imagenet", help="'none' is fine for timing other backbones")
+    ap.add_argument("--n", type=int, default=600)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--only", default="abcde", help="subset of the measurements, e.g. 'abc'")
+    ap.add_argument("--json", default=None, help="append the result as one JSON line to this file")
+    args = ap.parse_args(argv)
+
+    import keras
+
+    from featx.backbones import Backbone
+    from featx.pipeline import default_workers
+    from featx.runtime import accelerators, versions
+
+    workers = args.workers or default_workers()
+    files = pick_files(args.data, args.n)
+    backbone = Backbone.build(args.backbone, weights=args.weights, image_size=args.image_size)
+    backend = keras.backend.backend()
+    res: dict = {"backbone": args.backbone, "n": len(files), "batch_size": args.batch_size,
+                 "image_size": list(backbone.image_size), "workers": workers, "backend": backend,
+                 "accelerators": list(accelerators()), "machine": platform.node(),
+                 "cpus": os.cpu_count(), "versions": versions()}
+    rates: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if "a" in args.only:
+            rates["a_decode"] = bench_decode(files, backbone.image_size, workers)
+        if "b" in args.only:
+            rates["b_model"] = bench_model(backbone, args.batch_size)
+        if "c" in args.only:
+            rates["c_featx"], res["featx"] = bench_featx(files, backbone, args.batch_size, workers, tmp)
+        if backend == "tensorflow" and ("d" in args.only or "e" in args.only):
+            tree = linked_tree(files, tmp / "tree")
+            if "d" in args.only:
+                rates["d_dataset_from_directory"] = bench_dataset_from_directory(tree, backbone, args.batch_size)
+            if "e" in args.only:
+                rates["e_image_data_generator"] = bench_image_data_generator(tree, backbone, args.batch_size)
+    ratios = {}
+    if "c_featx" in rates:
+        if "d_dataset_from_directory" in rates:
+            ratios["c/d"] = rates["c_featx"] / rates["d_dataset_from_directory"]
+        if "e_image_data_generator" in rates:
+            ratios["c/e"] = rates["c_featx"] / rates["e_image_data_generator"]
+        if "a_decode" in rates and "b_model" in rates:
+            ratios["c/min(a,b)"] = rates["c_featx"] / min(rates["a_decode"], rates["b_model"])
+    res.update(images_per_second=rates, ratios=ratios)
+    print(f"{args.backbone} @ {backbone.image_size[0]} px, {len(files)} images, batch {args.batch_size}, "
+          f"{workers} workers, backend {backend}, accelerators {res['accelerators'] or 'none'}")
+    for k, v in rates.items():
+        print(f"  {k:28s} {v:10.1f} images/s")
+    for k, v in ratios.items():
+        print(f"  {k:28s} {v:10.2f}")
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(res) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
