@@ -123,13 +123,17 @@ def extract(
     prune: bool = False,
     progress: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    assign_split: bool = True,
+    lock_timeout: float | None = 0,
 ) -> ExtractSummary:
     """Extract features of every image in `data` into the HDF5 store `store`, resumably.
 
     Only images not already in the store (new paths, or changed content) go through the CNN;
     a killed run loses at most the batch in flight. Unreadable files are skipped and recorded with
     their reason. A set without split folders is split (stratified, seeded) and the split is
-    recorded per row. See :mod:`featx.store` for the layout and guarantees.
+    recorded per row (`assign_split=False` leaves unsplit sets unsplit, as for a feature cache).
+    `lock_timeout` is how long to wait for another writer (0: refuse at once; None: wait).
+    See :mod:`featx.store` for the layout and guarantees.
     """
     started = time.perf_counter()
     # Cheap argument checks first, so a typo fails before a large folder is scanned.
@@ -140,9 +144,10 @@ def extract(
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     image_set = data if isinstance(data, ImageSet) else load_source(data, allow_outside_root=allow_outside_root)
-    image_set = assign_splits(
-        image_set, validation_fraction=validation_fraction, test_fraction=test_fraction, seed=split_seed
-    )
+    if assign_split:
+        image_set = assign_splits(
+            image_set, validation_fraction=validation_fraction, test_fraction=test_fraction, seed=split_seed
+        )
     bb = backbone if isinstance(backbone, Backbone) else Backbone.build(
         backbone, weights=weights, image_size=image_size, pooling=pooling, layer=layer
     )
@@ -153,6 +158,7 @@ def extract(
     writer = StoreWriter(
         store, fingerprint=bb.fingerprint, fingerprint_id=fid, feature_dtype=dtype, root=image_set.root,
         split_method=image_set.split_method, random_weights=bb.random_weights, versions=versions(),
+        lock_timeout=lock_timeout,
     )
     skipped: list[dict] = []
     with writer:
@@ -166,7 +172,7 @@ def extract(
         for item in items:
             state = _file_state(item.path)
             row = index.unchanged(item.relpath, *state) if state else None
-            if row is not None and index.rows.label[row] == (item.label or "") and index.rows.split[row] == item.split:
+            if row is not None and index.rows.label[row] == (item.label or "") and index.rows.split[row] == (item.split or ""):
                 summary.n_cached += 1
             else:
                 todo.append(item)
@@ -207,7 +213,7 @@ def extract(
                      "nbytes": d.nbytes, "mtime_ns": d.mtime_ns}
                     for it, d in result.skipped
                 ]
-                writer.append(rows, Skips.from_records(skips))
+                writer.append(rows, Skips.from_records(skips), n_computed=len(result.computed))
                 skipped += skips
                 summary.n_extracted += len(result.computed)
                 summary.n_reused += len(result.reused)

@@ -180,6 +180,8 @@ def _read_meta(f: h5py.File) -> dict:
         "versions": json.loads(f.attrs.get("versions", "{}")),
         "created": str(f.attrs.get("created", "")),
         "updated": str(f.attrs.get("updated", "")),
+        "cnn_rows_total": int(f.attrs.get("cnn_rows_total", 0)),
+        "merged_parts": json.loads(f.attrs.get("merged_parts", "[]")),
     }
 
 
@@ -234,31 +236,33 @@ class _PartVanished(StoreError):
     """A journal part was merged and removed by a writer between listing and reading."""
 
 
-def _load_part(part: Path) -> tuple[Rows, Skips, str]:
+def _load_part(part: Path) -> tuple[Rows, Skips, str, int]:
     try:
         with np.load(part, allow_pickle=False) as z:
             rows = Rows(z["features"], *(z[f] for f in Rows.FIELDS))
             skips = Skips(*(z["skip_" + f] for f in Skips.FIELDS))
             fid = str(z["fingerprint_id"])
+            n_computed = int(z["n_computed"]) if "n_computed" in z.files else 0
     except FileNotFoundError:
         raise _PartVanished(str(part)) from None
     except Exception as exc:  # a part is renamed into place only when complete, so this is disk damage
         raise StoreError(
             f"journal part {part} is unreadable ({type(exc).__name__}: {exc}); move it away to continue"
         ) from None
-    return rows, skips, fid
+    return rows, skips, fid, n_computed
 
 
-def load_journal(path: Path, fingerprint_id: str, dim: int, dtype: str) -> tuple[Rows, Skips, int]:
-    parts = _list_parts(path)
-    row_blocks, skip_blocks = [], []
-    for part in parts:
-        rows, skips, fid = _load_part(part)
+def load_journal(path: Path, fingerprint_id: str, dim: int, dtype: str) -> tuple[Rows, Skips, list[tuple[str, int]]]:
+    """Committed journal rows and skips, and (part name, rows computed by the CNN) per part."""
+    row_blocks, skip_blocks, counts = [], [], []
+    for part in _list_parts(path):
+        rows, skips, fid, n_computed = _load_part(part)
         if fid != fingerprint_id:
             raise FingerprintMismatch(f"journal part {part} belongs to another backbone ({fid})")
         row_blocks.append(rows)
         skip_blocks.append(skips)
-    return Rows.concat(row_blocks, dim, dtype), Skips.concat(skip_blocks), len(parts)
+        counts.append((part.name, n_computed))
+    return Rows.concat(row_blocks, dim, dtype), Skips.concat(skip_blocks), counts
 
 
 def _write_store_file(
@@ -315,6 +319,8 @@ def _write_store_file(
         f.attrs["created"] = meta.get("created") or now
         f.attrs["updated"] = now
         f.attrs["n_rows"] = n
+        f.attrs["cnn_rows_total"] = int(meta.get("cnn_rows_total", 0))
+        f.attrs["merged_parts"] = json.dumps(meta.get("merged_parts", []))
     _fsync_path(target)
 
 
@@ -347,6 +353,7 @@ class StoreWriter:
         split_method: dict | None = None,
         random_weights: bool = False,
         versions: dict | None = None,
+        lock_timeout: float | None = 0,
     ):
         if feature_dtype not in FEATURE_DTYPES:
             raise ValueError(f"feature dtype must be one of {FEATURE_DTYPES}, got {feature_dtype!r}")
@@ -362,6 +369,7 @@ class StoreWriter:
         }
         self.dim = int(fingerprint["feature_dim"])
         self._lock = None
+        self._lock_timeout = lock_timeout  # 0: refuse at once; None: wait for the other writer
         self._seq = 0
         self._run_id = f"{time.time_ns():020d}-{os.getpid()}"
         self.rows_written = 0
@@ -380,7 +388,7 @@ class StoreWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(lock_path(self.path)))
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=-1 if self._lock_timeout is None else self._lock_timeout)
         except Timeout:
             raise StoreLocked(
                 f"store {self.path} is being written by another featx process (lock {lock_path(self.path)} "
@@ -458,8 +466,12 @@ class StoreWriter:
             return _take_rows(f["features"], np.asarray(rows, np.int64)).astype(np.float32)
 
     # -- writing ---------------------------------------------------------------------------
-    def append(self, rows: Rows, skips: Skips | None = None) -> None:
-        """Commit one block durably (temporary file, fsync, atomic rename into the journal)."""
+    def append(self, rows: Rows, skips: Skips | None = None, *, n_computed: int = 0) -> None:
+        """Commit one block durably (temporary file, fsync, atomic rename into the journal).
+
+        `n_computed` is how many of the rows went through the CNN (the rest reused stored features);
+        the store keeps the running total in its ``cnn_rows_total`` attribute.
+        """
         if self._lock is None:
             raise StoreError("store writer is not open")
         skips = skips if skips is not None else Skips.from_records([])
@@ -478,6 +490,7 @@ class StoreWriter:
                 **{f: np.asarray(getattr(rows, f)) for f in Rows.FIELDS},
                 **{"skip_" + f: np.asarray(getattr(skips, f)) for f in Skips.FIELDS},
                 fingerprint_id=np.array(self.meta["fingerprint_id"]),
+                n_computed=np.array(int(n_computed)),
             )
             fh.flush()
             os.fsync(fh.fileno())
@@ -494,9 +507,14 @@ class StoreWriter:
         if not parts and prune_paths is None:
             return 0
         dtype = self.meta["feature_dtype"]
-        new_rows, new_skips, _ = load_journal(self.path, self.meta["fingerprint_id"], self.dim, dtype)
+        new_rows, new_skips, counts = load_journal(self.path, self.meta["fingerprint_id"], self.dim, dtype)
         with _open_main(self.path) as f:
             old_meta = _read_meta(f)
+            # parts named in the last merge are a replay after a crash: do not count them twice
+            already = set(old_meta["merged_parts"])
+            self.meta["cnn_rows_total"] = old_meta["cnn_rows_total"] + sum(
+                n for name, n in counts if name not in already)
+            self.meta["merged_parts"] = [name for name, _ in counts]
             old_rows = _read_main_rows_meta(f, old_meta["label_names"])
             old_skips = _read_skips(f)
             # newest row per path wins: journal rows replace consolidated rows of the same path
@@ -572,7 +590,7 @@ class FeatureStore:
                 meta = _read_meta(self._file)
                 self._meta = meta
                 main = _read_main_rows_meta(self._file, meta["label_names"])
-                journal, jskips, self.pending_parts = load_journal(
+                journal, jskips, counts = load_journal(
                     self.path, meta["fingerprint_id"], int(meta["fingerprint"]["feature_dim"]),
                     meta["feature_dtype"],
                 )
@@ -585,6 +603,9 @@ class FeatureStore:
             except BaseException:
                 self._file.close()
                 raise
+        self.pending_parts = len(counts)
+        self.cnn_rows_total = meta["cnn_rows_total"] + sum(
+            n for name, n in counts if name not in set(meta["merged_parts"]))
         journal = journal.take(_last_per_key(journal.path))
         replaced = set(journal.path.tolist())
         self._main_index = np.array([i for i, p in enumerate(main.path.tolist()) if p not in replaced], np.int64)
@@ -713,6 +734,20 @@ class FeatureStore:
             rows = index[start:start + chunk_size]
             yield self.features(rows), self._y[rows], rows
 
+    def to_pandas(self, split: str | None = None):
+        """A pandas DataFrame: path, label (class name), split, sha256 and one column per feature."""
+        import pandas as pd
+
+        index = self.split_index(split) if split else np.arange(len(self))
+        names = np.array(self._label_names + [None], dtype=object)
+        meta = pd.DataFrame({
+            "path": self._rows.path[index], "label": names[self._y[index]], "split": self._rows.split[index],
+            "sha256": self._rows.sha256[index],
+        })
+        width = len(str(self.feature_dim - 1))
+        feats = pd.DataFrame(self.features(index), columns=[f"f{i:0{width}d}" for i in range(self.feature_dim)])
+        return pd.concat([meta, feats], axis=1)
+
     def label_conflicts(self) -> list[dict]:
         """Identical file content recorded under different labels (probable label noise)."""
         groups: dict[str, set] = {}
@@ -746,6 +781,7 @@ class FeatureStore:
             "root": self.root,
             "split_method": self.split_method,
             "pending_journal_parts": self.pending_parts,
+            "cnn_rows_total": self.cnn_rows_total,
             "label_conflicts": self.label_conflicts(),
             "versions": self.versions,
             "created": self._meta["created"],
