@@ -258,9 +258,11 @@ def preprocess_layer_class():
 class Backbone:
     """A built, frozen feature extractor: uint8 batches in, float32 features out.
 
-    >>> bb = Backbone.build("mobilenet_0.25", image_size=96)   # doctest: +SKIP
-    >>> bb.predict(np.zeros((2, 96, 96, 3), np.uint8)).shape   # doctest: +SKIP
+    >>> bb = Backbone.build("mobilenet_0.25", image_size=96)   # the vendored ImageNet weights
+    >>> bb.predict(np.zeros((2, 96, 96, 3), np.uint8)).shape
     (2, 256)
+    >>> bb.fingerprint["weights"], bb.fingerprint["image_size"]
+    ('imagenet', [96, 96])
     """
 
     def __init__(self, spec: BackboneSpec, model, fingerprint: dict, weights: WeightsSource):

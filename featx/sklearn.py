@@ -96,7 +96,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     dtype : {"float32", "float16"}, default="float32"
         dtype of the cache's features (the output is float32 either way).
     cache : path, optional
-        A featx store used as a content-addressed cache of features.
+        Content-addressed feature cache. A path ending in ``.h5`` is one featx store (for one backbone
+        configuration); any other path is a folder holding one store per configuration, named
+        ``<backbone>-<fingerprint id>.h5`` — use that when a grid search varies the backbone.
     on_error : {"raise", "nan"}, default="raise"
         "raise": one error listing every unusable image; "nan": NaN rows for them (see ``skipped_``).
     workers : int, optional
@@ -230,6 +232,16 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             out[start:start + len(block)] = bb.predict(batch)[:len(block)]
         return out
 
+    def cache_path(self) -> str | None:
+        """The store this extractor reads and writes (None without a cache)."""
+        if self.cache is None:
+            return None
+        cache = os.fspath(self.cache)
+        if cache.endswith(".h5"):
+            return cache
+        bb = self._get_backbone()
+        return os.path.join(cache, f"{bb.spec.name}-{fingerprint_id(bb.fingerprint)}.h5")
+
     def _transform_cached(self, bb: Backbone, paths: list[str]) -> tuple[np.ndarray, list[dict]]:
         from featx.decode import read_bytes, sha256_bytes
         from featx.extract import extract
@@ -242,14 +254,15 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             except (OSError, ValueError):
                 return ""  # unusable now: the extraction below records why
 
+        store_path = self.cache_path()
         with ThreadPoolExecutor(self.workers or os.cpu_count() or 1) as pool:
             hashes = list(pool.map(digest, paths))
         known: set[str] = set()
-        if os.path.exists(self.cache):
-            with FeatureStore(self.cache) as fs:
+        if os.path.exists(store_path):
+            with FeatureStore(store_path) as fs:
                 if fs.fingerprint_id != fingerprint_id(bb.fingerprint):
                     raise FingerprintMismatch(
-                        f"cache {self.cache} holds features of another backbone configuration "
+                        f"cache {store_path} holds features of another backbone configuration "
                         f"({fs.fingerprint['backbone']}, fingerprint {fs.fingerprint_id}); use another cache"
                     )
                 known = set(fs.sha256.tolist())
@@ -259,13 +272,13 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             # One process at a time extracts into the cache (the lock is waited for); `extract` re-reads
             # the store under the lock and reuses what another process added meanwhile, so no image
             # goes through the CNN twice even when grid-search folds run in parallel.
-            summary = extract(ImageSet([Item(p, p, None, None) for p in todo], None, "paths", []), self.cache,
+            summary = extract(ImageSet([Item(p, p, None, None) for p in todo], None, "paths", []), store_path,
                               backbone=bb, dtype=self.dtype, batch_size=self.batch_size, workers=self.workers,
                               progress=False, assign_split=False, lock_timeout=None)
             skipped_by_path = {s["path"]: s for s in summary.skipped}
         features = np.full((len(paths), bb.feature_dim), np.nan, np.float32)
         skipped: list[dict] = []
-        with FeatureStore(self.cache) as fs:
+        with FeatureStore(store_path) as fs:
             by_hash = {h: j for j, h in enumerate(fs.sha256.tolist())}
             by_path = {p: j for j, p in enumerate(fs.paths.tolist())}
             rows: list[int | None] = []

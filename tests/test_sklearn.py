@@ -203,3 +203,15 @@ def test_pipeline_grid_search_runs_cnn_once_per_image(tmp_path):
     frame = fitted[0].transform(files[:2])
     assert isinstance(frame, pd.DataFrame) and frame.shape == (2, 256)
     assert frame.columns[0] == "mobilenet_0.25_0000"
+
+
+def test_cache_folder_holds_one_store_per_configuration(photos, tmp_path):
+    cache = tmp_path / "feature_cache"
+    avg = fx(cache=str(cache)).fit()
+    mx = fx(cache=str(cache), pooling="max").fit()
+    a, m = avg.transform(photos[:4]), mx.transform(photos[:4])
+    assert not np.allclose(a, m)
+    stores = sorted(p.name for p in cache.glob("*.h5"))
+    assert len(stores) == 2 and all(s.startswith("mobilenet_0.25-") for s in stores)
+    assert avg.cache_path() != mx.cache_path()
+    np.testing.assert_array_equal(fx(cache=str(cache)).fit().transform(photos[:4]), a)
