@@ -56,7 +56,8 @@ class ExtractSummary:
             + ("  [RANDOM WEIGHTS]" if self.random_weights else ""),
             f"images     {self.n_images} in the set: {self.n_extracted} extracted, {self.n_cached} already "
             f"cached, {self.n_reused} reused by content, {self.n_skipped} skipped",
-            f"speed      {self.images_per_second:.1f} images/s over {self.seconds:.1f} s",
+            f"speed      {self.images_per_second:.1f} images/s while extracting; {self.seconds:.1f} s in all "
+            "(model build and store merge included)",
         ]
         if self.skipped_by_kind:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped_by_kind.items()))
