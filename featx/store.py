@@ -578,8 +578,13 @@ class StoreIndex:
 class FeatureStore:
     """Read a featx store: the consolidated rows plus any committed journal rows.
 
-    >>> with FeatureStore("cache/demo/digits.h5") as store:   # doctest: +SKIP
-    ...     X, y = store.split("train")
+    Example (after ``featx demo``)::
+
+        with FeatureStore("cache/demo/digits_mobilenet_0.25.h5") as store:
+            X, y = store.split("train")                 # features and class indices of one split
+            names = store.label_names                   # class names, y indexes into them
+            for X_chunk, y_chunk, rows in store.iter_chunks(4096, split="train"):
+                ...                                     # bounded memory
     """
 
     def __init__(self, path: str | os.PathLike):
