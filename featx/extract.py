@@ -172,8 +172,7 @@ def extract(
         todo: list[Item] = []
         for item in items:
             state = _file_state(item.path)
-            row = index.unchanged(item.relpath, *state) if state else None
-            if row is not None and index.rows.label[row] == (item.label or "") and index.rows.split[row] == (item.split or ""):
+            if state and index.unchanged(item.relpath, *state, item.label or "", item.split or ""):
                 summary.n_cached += 1
             else:
                 todo.append(item)

@@ -569,12 +569,11 @@ class StoreIndex:
         for i, h in enumerate(rows.sha256.tolist()):
             self.by_hash.setdefault(h, i)
 
-    def unchanged(self, relpath: str, nbytes: int, mtime_ns: int) -> int | None:
-        """Row of `relpath` if the file looks unchanged (same size and mtime), else None."""
+    def unchanged(self, relpath: str, nbytes: int, mtime_ns: int, label: str = "", split: str = "") -> bool:
+        """Whether the store's row for `relpath` is still right: same size, mtime, label and split."""
         i = self.by_path.get(relpath)
-        if i is not None and self.rows.nbytes[i] == nbytes and self.rows.mtime_ns[i] == mtime_ns:
-            return i
-        return None
+        return i is not None and (self.rows.nbytes[i], self.rows.mtime_ns[i], self.rows.label[i],
+                                  self.rows.split[i]) == (nbytes, mtime_ns, label, split)
 
     def split_of(self, relpath: str) -> str | None:
         i = self.by_path.get(relpath)
