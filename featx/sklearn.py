@@ -257,7 +257,6 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         store_path = self.cache_path()
         with ThreadPoolExecutor(self.workers or os.cpu_count() or 1) as pool:
             hashes = list(pool.map(digest, paths))
-        known: set[str] = set()
         if os.path.exists(store_path):
             with FeatureStore(store_path) as fs:
                 if fs.fingerprint_id != fingerprint_id(bb.fingerprint):
@@ -266,32 +265,40 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                         f"({fs.fingerprint['backbone']}, fingerprint {fs.fingerprint_id}); use another cache"
                     )
                 known = set(fs.sha256.tolist())
+                if all(h in known for h in hashes):  # all cached: one store read, no lock
+                    return _gather(fs, bb, paths, hashes, {})
+        else:
+            known = set()
+        # One process at a time extracts into the cache (the lock is waited for); `extract` re-reads the
+        # store under the lock and reuses what another process added meanwhile, so no image goes through
+        # the CNN twice even when grid-search folds run in parallel.
         todo = sorted({os.path.abspath(p) for p, h in zip(paths, hashes) if h not in known})
-        skipped_by_path: dict[str, dict] = {}
-        if todo:
-            # One process at a time extracts into the cache (the lock is waited for); `extract` re-reads
-            # the store under the lock and reuses what another process added meanwhile, so no image
-            # goes through the CNN twice even when grid-search folds run in parallel.
-            summary = extract(ImageSet([Item(p, p, None, None) for p in todo], None, "paths", []), store_path,
-                              backbone=bb, dtype=self.dtype, batch_size=self.batch_size, workers=self.workers,
-                              progress=False, assign_split=False, lock_timeout=None)
-            skipped_by_path = {s["path"]: s for s in summary.skipped}
-        features = np.full((len(paths), bb.feature_dim), np.nan, np.float32)
-        skipped: list[dict] = []
+        summary = extract(ImageSet([Item(p, p, None, None) for p in todo], None, "paths", []), store_path,
+                          backbone=bb, dtype=self.dtype, batch_size=self.batch_size, workers=self.workers,
+                          progress=False, assign_split=False, lock_timeout=None)
         with FeatureStore(store_path) as fs:
-            by_hash = {h: j for j, h in enumerate(fs.sha256.tolist())}
-            by_path = {p: j for j, p in enumerate(fs.paths.tolist())}
-            rows: list[int | None] = []
-            for i, (path, h) in enumerate(zip(paths, hashes)):
-                absolute = os.path.abspath(path)
-                row = by_hash.get(h) if h else None
-                if row is None and absolute not in skipped_by_path:
-                    row = by_path.get(absolute)  # the file changed between hashing and extraction
-                if row is None:
-                    s = skipped_by_path.get(absolute, {"kind": "unreadable", "reason": "could not be read"})
-                    skipped.append({"index": i, "path": path, "kind": s["kind"], "reason": s["reason"]})
-                rows.append(row)
-            ok = [i for i, r in enumerate(rows) if r is not None]
-            if ok:
-                features[ok] = fs.features(np.array([rows[i] for i in ok], np.int64))
-        return features, skipped
+            return _gather(fs, bb, paths, hashes, {s["path"]: s for s in summary.skipped})
+
+
+def _gather(fs, bb: Backbone, paths: list[str], hashes: list[str],
+            skipped_by_path: dict[str, dict]) -> tuple[np.ndarray, list[dict]]:
+    """Rows of `paths` from an open store, by content hash; NaN rows and skip records for the rest."""
+    features = np.full((len(paths), bb.feature_dim), np.nan, np.float32)
+    skipped: list[dict] = []
+    by_hash = {h: j for j, h in enumerate(fs.sha256.tolist())}
+    by_path = None
+    rows: list[int | None] = []
+    for i, (path, h) in enumerate(zip(paths, hashes)):
+        absolute = os.path.abspath(path)
+        row = by_hash.get(h) if h else None
+        if row is None and absolute not in skipped_by_path:
+            by_path = by_path or {p: j for j, p in enumerate(fs.paths.tolist())}
+            row = by_path.get(absolute)  # the file changed between hashing and extraction
+        if row is None:
+            s = skipped_by_path.get(absolute, {"kind": "unreadable", "reason": "could not be read"})
+            skipped.append({"index": i, "path": path, "kind": s["kind"], "reason": s["reason"]})
+        rows.append(row)
+    ok = [i for i, r in enumerate(rows) if r is not None]
+    if ok:
+        features[ok] = fs.features(np.array([rows[i] for i in ok], np.int64))
+    return features, skipped
