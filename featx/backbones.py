@@ -209,8 +209,12 @@ def fingerprint_id(fingerprint: dict) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _get_preprocess_layer():
-    """The uint8 → backbone-normalised float layer, registered so saved models load in safe mode."""
+@lru_cache(maxsize=1)
+def preprocess_layer_class():
+    """The uint8 → backbone-normalised float layer, registered so saved models load in safe mode.
+
+    Defined on first use so that importing featx.backbones does not import Keras.
+    """
     import keras
 
     @keras.saving.register_keras_serializable(package="featx", name="ImagePreprocess")
@@ -248,11 +252,6 @@ def _get_preprocess_layer():
             return {**super().get_config(), "mode": self.mode}
 
     return ImagePreprocess
-
-
-@lru_cache(maxsize=1)
-def preprocess_layer_class():
-    return _get_preprocess_layer()
 
 
 class Backbone:

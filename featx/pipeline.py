@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Container, Iterable, Iterator
 
 import numpy as np
@@ -93,7 +93,7 @@ def run(
         else:
             buffer[len(result.computed)] = decoded.pixels
             # keep only metadata: the pixels now live in the batch buffer
-            result.computed.append((item, _without_pixels(decoded)))
+            result.computed.append((item, replace(decoded, pixels=None)))
             if len(result.computed) == batch_size:
                 result.features = predict(buffer)
                 yield result
@@ -105,8 +105,3 @@ def run(
     if len(result):
         yield result
 
-
-def _without_pixels(decoded: Decoded) -> Decoded:
-    from dataclasses import replace
-
-    return replace(decoded, pixels=None)
