@@ -1,7 +1,7 @@
 """Registry of pretrained keras.applications backbones, weight resolution and the fingerprint.
 
 A backbone here is a Keras model that takes **uint8** pixels (N, H, W, 3) and returns pooled
-features (N, D). Its own normalisation lives inside the model (`ImagePreprocess`), so any backend
+features (N, D). Its own normalisation lives inside the model (stock Keras layers), so any backend
 and device gets the same bytes and callers cannot get preprocessing wrong.
 
 Weights never come from the network: ``"imagenet"`` is looked up in Keras' own cache
@@ -209,49 +209,41 @@ def fingerprint_id(fingerprint: dict) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
-@lru_cache(maxsize=1)
-def preprocess_layer_class():
-    """The uint8 → backbone-normalised float layer, registered so saved models load in safe mode.
+def normalization_layers(mode: str, prefix: str = "featx") -> list:
+    """Keras layers that turn float pixels in 0..255 into what a backbone's weights expect.
 
-    Defined on first use so that importing featx.backbones does not import Keras.
+    Built from stock Keras layers only (no custom class), so a saved featx model loads with plain
+    ``keras.saving.load_model`` in safe mode, without importing featx. Each runs on the device, so
+    uint8 batches (4× smaller than float32) are what crosses to it.
     """
     import keras
 
-    @keras.saving.register_keras_serializable(package="featx", name="ImagePreprocess")
-    class ImagePreprocess(keras.layers.Layer):
-        """Cast uint8 pixels to float and apply one keras.applications normalisation, on device."""
+    if mode == "tf":  # [-1, 1]
+        return [keras.layers.Rescaling(1 / 127.5, offset=-1.0, name=f"{prefix}_scale")]
+    if mode == "torch":  # ImageNet mean / std on [0, 1]
+        return [
+            keras.layers.Rescaling(1 / 255.0, name=f"{prefix}_scale"),
+            keras.layers.Normalization(mean=[0.485, 0.456, 0.406], variance=[0.229**2, 0.224**2, 0.225**2],
+                                       name=f"{prefix}_normalize"),
+        ]
+    if mode == "caffe":  # RGB → BGR and subtract the BGR mean: one fixed 3×3 map plus bias
+        swap = [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+        return [keras.layers.Dense(
+            3, kernel_initializer=keras.initializers.Constant(swap),
+            bias_initializer=keras.initializers.Constant([-103.939, -116.779, -123.68]),
+            trainable=False, name=f"{prefix}_bgr_mean",
+        )]
+    if mode == "none":  # the network normalises 0..255 input itself (EfficientNet, ConvNeXt, V3)
+        return []
+    raise ValueError(f"unknown preprocessing mode {mode!r}")
 
-        _MEAN_STD = {"torch": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
-        _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
-        def __init__(self, mode: str, **kwargs):
-            super().__init__(**kwargs)
-            if mode not in ("tf", "torch", "caffe", "none"):
-                raise ValueError(f"unknown preprocessing mode {mode!r}")
-            self.mode = mode
+def pixels_input(size: tuple[int, int]):
+    """The uint8 image input of every featx model, and its cast to float (0..255) on the device."""
+    import keras
 
-        def call(self, x):
-            ops = keras.ops
-            x = ops.cast(x, self.compute_dtype)
-            if self.mode == "tf":
-                return x / 127.5 - 1.0
-            if self.mode == "torch":
-                mean, std = self._MEAN_STD["torch"]
-                return (x / 255.0 - ops.convert_to_tensor(mean, self.compute_dtype)) / ops.convert_to_tensor(
-                    std, self.compute_dtype
-                )
-            if self.mode == "caffe":
-                x = ops.flip(x, axis=-1)  # RGB → BGR, as the Caffe-trained weights expect
-                return x - ops.convert_to_tensor(self._CAFFE_MEAN_BGR, self.compute_dtype)
-            return x  # the network normalises 0..255 input itself (EfficientNet, ConvNeXt, V3)
-
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
-        def get_config(self):
-            return {**super().get_config(), "mode": self.mode}
-
-    return ImagePreprocess
+    inputs = keras.Input(shape=(*size, 3), dtype="uint8", name="pixels")
+    return inputs, keras.layers.Rescaling(1.0, name="featx_to_float")(inputs)
 
 
 class Backbone:
@@ -343,8 +335,9 @@ class Backbone:
                 ) from None
             base = keras.Model(base.inputs, target.output, name=f"{base.name}_{layer}")
 
-        inputs = keras.Input(shape=(*size, 3), dtype="uint8", name="pixels")
-        x = preprocess_layer_class()(spec.preprocessing, name="featx_preprocess")(inputs)
+        inputs, x = pixels_input(size)
+        for norm in normalization_layers(spec.preprocessing):
+            x = norm(x)
         x = base(x, training=False)
         if len(x.shape) == 4:
             pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D

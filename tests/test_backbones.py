@@ -140,3 +140,21 @@ def test_extraction_under_the_jax_backend_matches_tensorflow(flower_set, tmp_pat
         tf_rows = dict(zip(fs.paths.tolist(), fs.X))
     for p, row in zip(res["paths"], res["X"]):
         np.testing.assert_allclose(np.array(row, np.float32), tf_rows[p], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["tf", "torch", "caffe", "none"])
+def test_normalization_layers_equal_keras_preprocess_input(mode):
+    """The stock-layer normalisation in every featx model == keras.applications' preprocess_input."""
+    import keras
+    from keras.applications import imagenet_utils
+
+    from featx.backbones import normalization_layers, pixels_input
+
+    inputs, x = pixels_input((8, 8))
+    for layer in normalization_layers(mode):
+        x = layer(x)
+    model = keras.Model(inputs, x)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    expected = pixels.astype("float32") if mode == "none" else imagenet_utils.preprocess_input(
+        pixels.astype("float32"), mode=mode)
+    np.testing.assert_allclose(np.asarray(model.predict_on_batch(pixels)), expected, rtol=1e-5, atol=1e-4)
