@@ -279,3 +279,22 @@ def save_confusion_png(result: dict, path: str | os.PathLike, *, title: str | No
 
     fig.tight_layout()
     fig.savefig(os.fspath(path), format="png", dpi=120, bbox_inches="tight")
+
+
+def most_confidently_wrong(
+    paths: list[str], y_true: Any, y_pred: Any, confidence: Any, label_names: list[str], *, k: int = 12
+) -> list[dict]:
+    """The `k` misclassified images with the highest confidence, most confident first.
+
+    ``confidence`` is whatever the model ranks by (a probability, or an SVM margin); ties keep
+    input order so the list is deterministic.
+
+    >>> most_confidently_wrong(["a", "b", "c"], [0, 1, 1], [1, 1, 0], [0.6, 0.9, 0.8], ["cat", "dog"])
+    [{'path': 'c', 'true': 'dog', 'pred': 'cat', 'confidence': 0.8}, {'path': 'a', 'true': 'cat', 'pred': 'dog', 'confidence': 0.6}]
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    confidence = np.asarray(confidence, dtype=float)
+    wrong = np.flatnonzero(y_true != y_pred)
+    order = wrong[np.argsort(-confidence[wrong], kind="stable")][:k]
+    return [{"path": str(paths[i]), "true": label_names[int(y_true[i])], "pred": label_names[int(y_pred[i])],
+             "confidence": float(confidence[i])} for i in order]
