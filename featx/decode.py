@@ -55,6 +55,7 @@ SKIP_KINDS = (
     "decompression_bomb",  # declared size too large to decode safely
     "too_small",  # width or height below 1 pixel
     "corrupt",  # an image format was recognised but its data is damaged
+    "timeout",  # reading + decoding ran past the per-image time limit (set by featx.pipeline)
 )
 
 # Transparent areas are composited onto white: most web pages, image viewers and photo tools show
@@ -222,9 +223,7 @@ def open_rgb(
     except Image.DecompressionBombError as e:
         # Pillow refuses images over 2 * Image.MAX_IMAGE_PIXELS inside Image.open itself, before
         # our own check can run; this also caps any max_pixels larger than that.
-        raise DecodeError(
-            Skip("decompression_bomb", f"too large to decode safely; Pillow refused it: {e}")
-        ) from None
+        raise DecodeError(_pillow_bomb_skip(e, data, max_pixels)) from None
     except UnidentifiedImageError:
         raise DecodeError(_unidentified_skip(data)) from None
     except MemoryError:
@@ -239,14 +238,7 @@ def open_rgb(
     width, height = img.size
     # Check the declared size before anything is decoded: a 50 kB PNG can declare 20000x20000.
     if width * height > max_pixels:
-        raise DecodeError(
-            Skip(
-                "decompression_bomb",
-                f"{fmt} declares {width}\u00d7{height} = {width * height:,} pixels, over the "
-                f"limit of {max_pixels:,}; decoding it could exhaust memory (possible "
-                "decompression bomb)",
-            )
-        )
+        raise DecodeError(_bomb_skip(fmt, width, height, max_pixels))
     if width < 1 or height < 1:
         raise DecodeError(
             Skip("too_small", f"{fmt} is {width}\u00d7{height} pixels; it has no pixels to use")
@@ -384,6 +376,85 @@ def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
             # better than skipping the image.
             pass
     return img.convert("RGB")
+
+
+def _bomb_skip(fmt: str, width: int, height: int, limit: int) -> Skip:
+    return Skip(
+        "decompression_bomb",
+        f"{fmt} declares {width}\u00d7{height} = {width * height:,} pixels, over the limit of "
+        f"{limit:,}; decoding it could exhaust memory (possible decompression bomb)",
+    )
+
+
+def _pillow_bomb_skip(e: Exception, data: bytes, max_pixels: int) -> Skip:
+    """Pillow's own refusal, said in featx's words: the declared size and the limit that applied.
+
+    Pillow's message names its hard limit (2 x MAX_IMAGE_PIXELS), not featx's, which would read
+    as a contradiction next to the documented limit.
+    """
+    hard = Image.MAX_IMAGE_PIXELS  # read only: Pillow refuses over twice this value
+    limit = min(max_pixels, 2 * hard) if hard else max_pixels
+    declared = _declared_size(data)
+    if declared is not None and declared[1] * declared[2] > limit:  # our parse agrees with Pillow's
+        return _bomb_skip(*declared, limit)
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    what = f"{int(m.group(1)):,} pixels" if m else "more pixels than can be decoded safely"
+    fmt = _signature_format(data) or "the image"
+    return Skip(
+        "decompression_bomb",
+        f"{fmt} declares {what}, over the limit of {limit:,}; decoding it could exhaust memory "
+        "(possible decompression bomb)",
+    )
+
+
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (size inside)
+
+
+def _declared_size(data: bytes) -> tuple[str, int, int] | None:
+    """(format, width, height) from the header bytes alone, for the common formats; else None.
+
+    Only used to explain a refusal (Pillow does not hand out the size it refused).
+    """
+    try:
+        fmt = _signature_format(data)
+        if fmt == "PNG" and data[12:16] == b"IHDR":
+            w, h = struct.unpack(">II", data[16:24])
+        elif fmt == "GIF":
+            w, h = struct.unpack("<HH", data[6:10])
+        elif fmt == "BMP":
+            if struct.unpack("<I", data[14:18])[0] == 12:
+                w, h = struct.unpack("<HH", data[18:22])
+            else:
+                w, h = struct.unpack("<ii", data[18:26])
+        elif fmt == "WebP" and data[12:16] == b"VP8X":
+            w = 1 + int.from_bytes(data[24:27], "little")
+            h = 1 + int.from_bytes(data[27:30], "little")
+        elif fmt == "WebP" and data[12:16] == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+            w, h = (v & 0x3FFF for v in struct.unpack("<HH", data[26:30]))
+        elif fmt == "WebP" and data[12:16] == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little")
+            w, h = 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+        elif fmt == "JPEG":
+            i = 2
+            while i + 9 <= len(data) and data[i] == 0xFF:
+                marker = data[i + 1]
+                if marker == 0xFF:  # fill byte
+                    i += 1
+                elif marker in _JPEG_SOF:
+                    h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+                    break
+                elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+                    i += 2
+                else:
+                    i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
+            else:
+                return None
+        else:
+            return None
+    except (struct.error, IndexError):
+        return None
+    w, h = abs(int(w)), abs(int(h))  # BMP stores bottom-up images with a negative height
+    return (fmt, w, h) if w and h else None
 
 
 def _out_of_memory_skip(fmt: str | None, size: tuple[int, int] | None) -> Skip:
@@ -671,14 +742,18 @@ def decode_file(
     except PermissionError as e:
         return skipped(
             "unreadable",
-            f"permission denied ({e.strerror or e})",
+            "permission denied: the user running featx may not read this file",
             nbytes=_size_or_unknown(path),
             mtime=_mtime_or_unknown(path),
         )
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            detail = "it is a symbolic link that leads back to itself (Too many levels of symbolic links)"
+        else:
+            detail = f"could not read the file: {e.strerror or e}"
         return skipped(
             "unreadable",
-            f"could not read the file: {e.strerror or e}",
+            detail,
             nbytes=_size_or_unknown(path),
             mtime=_mtime_or_unknown(path),
         )

@@ -4,20 +4,33 @@ Decoding runs in a thread pool: Pillow, hashlib and NumPy release the GIL in the
 so threads decode in parallel without the pickling and start-up cost of processes, and the main
 thread's model call (which also releases the GIL) overlaps them. Results come back in input
 order through a bounded window, so memory is bounded by the window, not by the number of images.
+
+Each image has a time limit (``image_timeout``): a file that takes longer to read and decode (a
+hung network share, a pathological file) becomes a ``timeout`` skip and the run goes on. A Python
+thread cannot be killed, so the stuck one is abandoned instead: the pool replaces it, drops its
+late result, and - being a daemon thread - it never holds up the process's exit.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
+import queue
+import threading
+import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Container, Iterable, Iterator
+from typing import Any, Callable, Container, Iterable, Iterator
 
 import numpy as np
 
-from featx.decode import DEFAULT_MAX_PIXELS, Decoded, decode_file
+from featx.decode import DEFAULT_MAX_PIXELS, Decoded, Skip, decode_file
 from featx.sources import Item
+
+# Seconds one image may take to read and decode. A 100-Mpixel JPEG decodes in about a second on
+# one core, so a minute means "stuck", not "slow", even on a loaded machine or a slow disk.
+DEFAULT_IMAGE_TIMEOUT = 60.0
 
 
 def default_workers() -> int:
@@ -27,21 +40,166 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def ordered_map(fn: Callable, items: Iterable, *, workers: int, window: int) -> Iterator:
-    """`map(fn, items)` on a thread pool, in order, with at most `window` results in flight."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featx-decode") as pool:
+class StuckDecodes(RuntimeError):
+    """Too many images are stuck at once (each past its time limit): the storage is probably hanging."""
+
+
+class _Task:
+    __slots__ = ("item", "started", "thread", "done", "abandoned", "value", "error", "event")
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+        self.started: float | None = None  # time.monotonic() when a worker took it
+        self.thread: threading.Thread | None = None
+        self.done = self.abandoned = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.event = threading.Event()
+
+
+class _DaemonPool:
+    """Worker threads for ordered_map that can abandon a task stuck past its time limit.
+
+    concurrent.futures.ThreadPoolExecutor cannot do this: its threads are joined when the pool
+    shuts down and again at interpreter exit, so one read stuck on a dead network share would hang
+    the run and then the process's exit. Here workers are daemon threads; an abandoned worker is
+    replaced at once (the pool keeps its width) and exits when its call finally returns.
+    """
+
+    def __init__(self, fn: Callable, workers: int, max_stuck: int) -> None:
+        self._fn = fn
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._workers: set[threading.Thread] = set()
+        self._spawned = 0
+        self._stuck: list[tuple[threading.Thread, Any]] = []
+        self._max_stuck = max_stuck
+        for _ in range(workers):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        t = threading.Thread(target=self._work, name=f"featx-decode-{self._spawned}", daemon=True)
+        self._spawned += 1
+        self._workers.add(t)
+        t.start()
+
+    def submit(self, item: Any) -> _Task:
+        task = _Task(item)
+        self._queue.put(task)
+        return task
+
+    def _work(self) -> None:
+        me = threading.current_thread()
+        while True:
+            task = self._queue.get()
+            if task is None or self._closed:
+                return
+            task.thread, task.started = me, time.monotonic()
+            try:
+                value, error = self._fn(task.item), None
+            except BaseException as e:  # handed to the consumer, as Future.result() would
+                value, error = None, e
+            with self._lock:
+                if task.abandoned:
+                    return  # already replaced and reported as timed out: drop the late result
+                task.value, task.error, task.done = value, error, True
+            task.event.set()
+
+    def result(self, task: _Task, timeout: float | None, on_timeout: Callable[[Any], Any]) -> Any:
+        """The task's value, in the calling thread; on_timeout(item) once it ran past `timeout`."""
+        while not task.done:
+            started = task.started
+            if timeout is None:
+                task.event.wait()
+            elif started is None:
+                # Queued behind other work (only momentarily: tasks start in submission order).
+                task.event.wait(min(timeout, 0.05))
+            elif not task.event.wait(max(0.0, started + timeout - time.monotonic())):
+                with self._lock:
+                    if not task.done:
+                        task.abandoned = True
+                        self._abandon(task)
+                if task.abandoned:
+                    return on_timeout(task.item)
+        if task.error is not None:
+            raise task.error
+        return task.value
+
+    def _abandon(self, task: _Task) -> None:
+        # Called with the lock held. The stuck thread keeps its call running; replace it.
+        self._workers.discard(task.thread)
+        self._stuck = [(t, it) for t, it in self._stuck if t.is_alive()]
+        self._stuck.append((task.thread, task.item))
+        if len(self._stuck) > self._max_stuck:
+            raise StuckDecodes(
+                f"{len(self._stuck)} images are each still being read after their time limit (e.g. "
+                + ", ".join(repr(getattr(it, "path", it)) for _, it in self._stuck[:3])
+                + "): the disk or network share they are on is probably hanging; stopped rather than "
+                "pile up stuck threads. Fix the storage (or move those files away) and rerun."
+            )
+        self._spawn()
+
+    def close(self, *, wait: bool) -> None:
+        self._closed = True  # workers drop queued tasks instead of decoding them
+        workers = list(self._workers)
+        for _ in workers:
+            self._queue.put(None)
+        if wait:  # only when every task is done: the workers are idle and exit at once
+            for t in workers:
+                t.join()
+
+
+def check_image_timeout(seconds: float | None) -> float | None:
+    """Validate a per-image time limit: positive seconds, or None for no limit."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not seconds > 0:
+        raise ValueError(f"image_timeout must be a positive number of seconds or None (no limit), got {seconds!r}")
+    return None if math.isinf(seconds) else float(seconds)
+
+
+_END = object()
+
+
+def ordered_map(
+    fn: Callable,
+    items: Iterable,
+    *,
+    workers: int,
+    window: int,
+    timeout: float | None = None,
+    on_timeout: Callable[[Any], Any] | None = None,
+    max_stuck: int | None = None,
+) -> Iterator:
+    """`map(fn, items)` on daemon threads, in order, with at most `window` results in flight.
+
+    With `timeout` (seconds, counted from when a worker starts on the item), an item still running
+    after it yields `on_timeout(item)` instead and its thread is abandoned; more than `max_stuck`
+    abandoned threads still running at once raises StuckDecodes. Exceptions of `fn` propagate.
+    """
+    if timeout is not None and on_timeout is None:
+        raise ValueError("ordered_map: a timeout needs on_timeout")
+    timeout = check_image_timeout(timeout)
+    pool = _DaemonPool(fn, workers, max_stuck if max_stuck is not None else max(8, 2 * workers))
+    finished = False
+    try:
         pending: deque = deque()
         iterator = iter(items)
         for item in iterator:
-            pending.append(pool.submit(fn, item))
+            pending.append(pool.submit(item))
             if len(pending) >= window:
                 break
         while pending:
-            result = pending.popleft().result()
-            nxt = next(iterator, None)
-            if nxt is not None:
-                pending.append(pool.submit(fn, nxt))
+            result = pool.result(pending.popleft(), timeout, on_timeout)
+            nxt = next(iterator, _END)
+            if nxt is not _END:  # (not `is not None`: None is a valid item)
+                pending.append(pool.submit(nxt))
             yield result
+        finished = True
+    finally:
+        # An early exit (consumer stopped, Ctrl-C, an error) does not wait for running decodes.
+        pool.close(wait=finished)
 
 
 @dataclass
@@ -66,26 +224,38 @@ def run(
     workers: int | None = None,
     known_hashes: Container[str] = frozenset(),
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    image_timeout: float | None = DEFAULT_IMAGE_TIMEOUT,
 ) -> Iterator[BatchResult]:
     """Decode `items` in parallel and run `predict` on full, fixed-shape batches.
 
     The last batch is padded to `batch_size` so a compiled model never sees a new shape.
     Files whose content hash is in `known_hashes` are read and hashed but not decoded (their
-    features are reused by the caller). Yields one BatchResult per model call, plus a final one
-    for trailing reused/skipped items.
+    features are reused by the caller). A file not read and decoded within `image_timeout`
+    seconds (None: no limit) is skipped as "timeout". Yields one BatchResult per model call,
+    plus a final one for trailing reused/skipped items.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    image_timeout = check_image_timeout(image_timeout)
     workers = workers or default_workers()
     height, width = image_size
 
     def work(item: Item) -> tuple[Item, Decoded]:
         return item, decode_file(item.path, image_size, max_pixels=max_pixels, known_hashes=known_hashes)
 
+    def timed_out(item: Item) -> tuple[Item, Decoded]:
+        # Nothing is known about the file: touching it again (even a stat) could hang as well.
+        skip = Skip("timeout", (
+            f"reading and decoding took longer than the per-image limit of {image_timeout:g} s "
+            "(--image-timeout); abandoned so the run could go on. A hung disk or network share, or a "
+            "pathological file: check that it opens in an image viewer"))
+        return item, Decoded(os.fsdecode(item.path), "", -1, -1, None, skip)
+
     buffer = np.zeros((batch_size, height, width, 3), np.uint8)
     result = BatchResult()
     window = max(2 * batch_size, 4 * workers)
-    for item, decoded in ordered_map(work, items, workers=workers, window=window):
+    for item, decoded in ordered_map(work, items, workers=workers, window=window, timeout=image_timeout,
+                                     on_timeout=timed_out):
         if decoded.skip is not None:
             result.skipped.append((item, decoded))
         elif decoded.pixels is None:

@@ -7,8 +7,11 @@ Nothing here opens an image; decoding is :mod:`featx.decode`'s job.
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
+import io
 import os
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,7 +54,7 @@ class ImageSet:
         return dict(Counter(item.split or "" for item in self.items))
 
 
-def _display(path: str) -> str:
+def display_path(path: str) -> str:
     """A file name as text that is always valid UTF-8 (undecodable bytes shown as \\xNN)."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
@@ -61,20 +64,36 @@ def _is_image_name(name: str) -> bool:
 
 
 def walk_images(top: Path, ignored: list[str]) -> list[str]:
-    """Every image-named file under `top`, sorted, following symlinks without looping forever."""
+    """Every image-named file under `top`, sorted, following symlinks without looping forever.
+
+    What is not taken is said in `ignored`: non-image names, folders that cannot be listed (they
+    would otherwise vanish silently: os.walk drops them) and symlinks back into a walked folder.
+    """
     found: list[str] = []
-    seen_dirs: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+    seen_dirs: dict[tuple[int, int], str] = {}
+
+    def unlistable(err: OSError) -> None:
+        where = display_path(err.filename) if err.filename else display_path(os.fspath(top))
+        ignored.append(f"{where}: folder could not be read ({err.strerror or err}); its files were not taken")
+
+    for dirpath, dirnames, filenames in os.walk(top, onerror=unlistable, followlinks=True):
         try:
             st = os.stat(dirpath)
-        except OSError:
-            continue
-        key = (st.st_dev, st.st_ino)
-        if key in seen_dirs:  # a symlink loop or a second link to a folder already walked
-            ignored.append(f"{_display(dirpath)}: folder already visited (symlink loop)")
+        except OSError as exc:
+            unlistable(exc)
             dirnames[:] = []
             continue
-        seen_dirs.add(key)
+        key = (st.st_dev, st.st_ino)
+        first = seen_dirs.get(key)
+        if first is not None:
+            if dirpath.startswith(first + os.sep):  # the link leads back to a folder above it
+                ignored.append(f"{display_path(dirpath)}: symlink loop back to {display_path(first)}; not followed")
+            else:
+                ignored.append(f"{display_path(dirpath)}: a second link to the folder {display_path(first)}, "
+                               "already read; not read twice")
+            dirnames[:] = []
+            continue
+        seen_dirs[key] = dirpath
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
@@ -83,7 +102,7 @@ def walk_images(top: Path, ignored: list[str]) -> list[str]:
             if _is_image_name(name):
                 found.append(full)
             else:
-                ignored.append(f"{_display(full)}: not an image file name")
+                ignored.append(f"{display_path(full)}: not an image file name")
     return found
 
 
@@ -119,8 +138,8 @@ def from_directory(root: str | os.PathLike) -> ImageSet:
         for class_dir in _class_dirs(folder):
             for path in walk_images(class_dir, ignored):
                 rel = Path(path).relative_to(root_path).as_posix()
-                items.append(Item(path, _display(rel), _display(class_dir.name), split))
-    ignored += [f"{_display(name)}: image outside any class folder" for name in stray]
+                items.append(Item(path, display_path(rel), display_path(class_dir.name), split))
+    ignored += [f"{display_path(name)}: image outside any class folder" for name in stray]
     if not items:
         raise SourceError(
             f"no images found in {root_path}: expected class folders (root/<class>/*.jpg), optionally "
@@ -128,62 +147,157 @@ def from_directory(root: str | os.PathLike) -> ImageSet:
         )
     labels = sorted({item.label for item in items if item.label is not None})
     method = {"method": "folders"} if layout == "split_folders" else {}
-    return ImageSet(items, str(root_path.resolve()), layout, labels, method, ignored)
+    # _display: the store keeps the root as UTF-8 text, like the paths (h5py refuses undecodable names)
+    return ImageSet(items, display_path(str(root_path.resolve())), layout, labels, method, ignored)
 
 
-def from_csv(manifest: str | os.PathLike, *, allow_outside_root: bool = False) -> ImageSet:
-    """Read a CSV manifest with a header ``path,label[,split]``; relative paths are relative to it."""
-    manifest_path = Path(manifest).expanduser()
-    root = manifest_path.resolve().parent
+def _declared(label_names: Sequence[str] | None) -> set[str] | None:
+    if label_names is None:
+        return None
+    if isinstance(label_names, str):  # "daisy,rose" would otherwise become a set of letters
+        raise SourceError(f"label_names must be a list of class names, got the string {label_names!r}")
+    declared = {str(x).strip() for x in label_names}
+    if not declared or "" in declared:
+        raise SourceError(f"the declared labels must be non-empty class names, got {list(label_names)!r}")
+    return declared
+
+
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+def _read_manifest_text(manifest_path: Path) -> str:
     try:
-        with open(manifest_path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-            columns = [c.strip().lower() for c in (rows[0].keys() if rows else [])]
+        raw = manifest_path.read_bytes()
     except FileNotFoundError:
         raise SourceError(f"manifest {str(manifest_path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise SourceError(f"manifest {manifest_path} is a folder, not a CSV file") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read manifest {manifest_path}: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8-sig")  # -sig: Excel's "CSV UTF-8" starts with a byte-order mark
     except UnicodeDecodeError as exc:
-        raise SourceError(f"manifest {manifest_path} is not UTF-8 text ({exc})") from None
-    if not rows:
-        raise SourceError(f"manifest {manifest_path} has no rows (expected a header path,label[,split])")
-    if "path" not in columns or "label" not in columns:
+        line = raw[:exc.start].count(b"\n") + 1
         raise SourceError(
-            f"manifest {manifest_path} needs a header with columns path,label[,split]; found {columns}"
-        )
+            f"{manifest_path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x}); save the manifest as "
+            "UTF-8 (in Excel: CSV UTF-8)"
+        ) from None
+
+
+def from_csv(
+    manifest: str | os.PathLike,
+    *,
+    allow_outside_root: bool = False,
+    label_names: Sequence[str] | None = None,
+) -> ImageSet:
+    """Read a CSV manifest with a header ``path,label[,split]``; relative paths are relative to it.
+
+    Other columns are ignored; a byte-order mark and CRLF line ends are fine. Every problem is a
+    SourceError naming the manifest line: a missing or repeated column, a row with more fields than
+    the header, an empty path or label, a URL, a label not among `label_names` (when given: the classes
+    the set is declared to have, so a typo such as "diasy" is caught before hours of extraction), a
+    path outside the manifest's folder (unless `allow_outside_root`), the same file twice, an
+    unknown or missing split.
+    """
+    manifest_path = Path(manifest).expanduser()
+    root = manifest_path.resolve().parent
+    declared = _declared(label_names)
+    # strict: an unbalanced quote is an error here, not a field that silently swallows the rest of the file
+    reader = csv.reader(io.StringIO(_read_manifest_text(manifest_path), newline=""), strict=True)
+    where = str(manifest_path)
     items: list[Item] = []
-    seen: dict[str, int] = {}
-    for lineno, raw in enumerate(rows, start=2):
-        row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
-        if not row.get("path"):
-            raise SourceError(f"{manifest_path}:{lineno}: empty path")
-        if not row.get("label"):
-            raise SourceError(f"{manifest_path}:{lineno}: empty label for {row['path']!r}")
-        full = (root / row["path"]).resolve() if not os.path.isabs(row["path"]) else Path(row["path"]).resolve()
+    seen: dict[str, tuple[int, str]] = {}
+    header: list[str] | None = None
+    columns: dict[str, int] = {}
+    last_line = 0
+    while True:
+        try:
+            fields = next(reader, None)
+        except csv.Error as exc:
+            # report where the bad record starts: an unclosed quote is only noticed at the end
+            raise SourceError(f"{where}:{last_line + 1}: not valid CSV: {exc} (an unbalanced double quote?)") from None
+        if fields is None:
+            break
+        lineno, last_line = last_line + 1, reader.line_num  # first line of this record
+        if not any(f.strip() for f in fields):
+            continue  # blank line
+        if header is None:
+            header = [f.strip().lower() for f in fields]
+            for i, name in enumerate(header):
+                if name and name in columns:
+                    raise SourceError(f"{where}:{lineno}: column {name!r} appears twice in the header {fields}")
+                columns.setdefault(name, i)
+            missing = [c for c in ("path", "label") if c not in columns]
+            if missing:
+                hint = (" (it looks like data: add a header line path,label[,split] at the top)"
+                        if _is_image_name(fields[0].strip()) else "")
+                raise SourceError(
+                    f"{where}:{lineno}: the header needs columns path,label[,split]; it has {fields}, "
+                    f"without {', '.join(missing)}{hint}"
+                )
+            continue
+        if len(fields) > len(header):
+            raise SourceError(
+                f"{where}:{lineno}: {len(fields)} fields but the header has {len(header)} "
+                "(a comma inside a path or label? put that value in double quotes)"
+            )
+        row = {name: (fields[i].strip() if i < len(fields) else "") for name, i in columns.items()}
+        path, label = row["path"], row["label"]
+        if not path:
+            raise SourceError(f"{where}:{lineno}: empty path")
+        if _URL.match(path):
+            raise SourceError(
+                f"{where}:{lineno}: {path!r} is a URL; featx reads local files (download the images first)"
+            )
+        if not label:
+            raise SourceError(f"{where}:{lineno}: empty label for {path!r} (every row needs its class name)")
+        if declared is not None and label not in declared:
+            close = difflib.get_close_matches(label, sorted(declared), n=1)
+            raise SourceError(
+                f"{where}:{lineno}: unknown label {label!r} for {path!r}; the declared labels are "
+                f"{', '.join(sorted(declared))}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            )
+        try:
+            given = Path(path) if os.path.isabs(path) else root / path
+            full = given.resolve()
+        except (OSError, RuntimeError, ValueError) as exc:  # NUL byte, symlink loop...
+            raise SourceError(f"{where}:{lineno}: invalid path {path!r}: {exc}") from None
         try:
             rel = full.relative_to(root).as_posix()
         except ValueError:
             if not allow_outside_root:
+                via_link = Path(os.path.normpath(given)).is_relative_to(root)
                 raise SourceError(
-                    f"{manifest_path}:{lineno}: path {row['path']!r} is outside the manifest's folder "
-                    f"{root}; refused (pass allow_outside_root=True / --allow-outside-root to accept)"
+                    f"{where}:{lineno}: path {path!r} is outside the manifest's folder {root}"
+                    + (f" (a symbolic link leads to {full})" if via_link else "")
+                    + "; refused (pass allow_outside_root=True / --allow-outside-root to accept)"
                 ) from None
             rel = full.as_posix()
+        rel = display_path(rel)
         if rel in seen:
-            raise SourceError(f"{manifest_path}:{lineno}: {row['path']!r} duplicates line {seen[rel]}")
-        seen[rel] = lineno
-        split = row.get("split") or None
-        if split is not None:
+            first, first_label = seen[rel]
+            same = "with the same label" if first_label == label else f"with label {first_label!r}, here {label!r}"
+            raise SourceError(f"{where}:{lineno}: {path!r} is the same file as line {first} ({same}); "
+                              "list each image once")
+        seen[rel] = (lineno, label)
+        split = row.get("split")
+        if "split" in columns:
+            if not split:
+                raise SourceError(f"{where}:{lineno}: empty split for {path!r} (the manifest has a split "
+                                  "column: every row needs train, validation or test)")
             if split.lower() not in SPLIT_ALIASES:
                 raise SourceError(
-                    f"{manifest_path}:{lineno}: unknown split {split!r} (use train, validation or test)"
+                    f"{where}:{lineno}: unknown split {split!r} (use train, validation or test)"
                 )
             split = SPLIT_ALIASES[split.lower()]
-        items.append(Item(str(full), rel, row["label"], split))
-    has_split_col = "split" in columns
-    if has_split_col and any(item.split is None for item in items):
-        raise SourceError(f"manifest {manifest_path} has a split column but some rows leave it empty")
-    labels = sorted({item.label for item in items})
-    method = {"method": "manifest"} if has_split_col else {}
-    return ImageSet(items, str(root), "csv", labels, method)
+        items.append(Item(str(full), rel, label, split or None))
+    if header is None:
+        raise SourceError(f"manifest {where} is empty (expected a header line path,label[,split], then rows)")
+    if not items:
+        raise SourceError(f"manifest {where} has a header but no rows")
+    names = sorted({item.label for item in items})
+    method = {"method": "manifest"} if "split" in columns else {}
+    return ImageSet(items, display_path(str(root)), "csv", names, method)
 
 
 def from_paths(paths: Iterable[str | os.PathLike], labels: Sequence[str] | None = None) -> ImageSet:
@@ -192,20 +306,37 @@ def from_paths(paths: Iterable[str | os.PathLike], labels: Sequence[str] | None 
     if labels is not None and len(labels) != len(paths):
         raise SourceError(f"{len(paths)} paths but {len(labels)} labels")
     items = [
-        Item(p, _display(p), None if labels is None else str(labels[i]), None) for i, p in enumerate(paths)
+        Item(p, display_path(p), None if labels is None else str(labels[i]), None) for i, p in enumerate(paths)
     ]
     names = sorted({item.label for item in items if item.label is not None})
     return ImageSet(items, None, "paths", names)
 
 
-def load_source(data: str | os.PathLike | Sequence[str], *, allow_outside_root: bool = False) -> ImageSet:
-    """Dispatch on what `data` is: a folder, a .csv manifest, or a sequence of paths."""
+def load_source(
+    data: str | os.PathLike | Sequence[str],
+    *,
+    allow_outside_root: bool = False,
+    label_names: Sequence[str] | None = None,
+) -> ImageSet:
+    """Dispatch on what `data` is: a folder, a .csv manifest, or a sequence of paths.
+
+    `label_names`, when given, declares the classes: a class folder or manifest label not among
+    them is a SourceError (a typo'd folder name would otherwise silently become a new class).
+    """
     if isinstance(data, (str, os.PathLike)):
         path = Path(data).expanduser()
         if path.is_dir():
-            return from_directory(path)
+            image_set = from_directory(path)
+            declared = _declared(label_names)
+            unknown = [] if declared is None else sorted(set(image_set.label_names) - declared)
+            if unknown:
+                raise SourceError(
+                    f"{path}: class folder(s) {', '.join(map(repr, unknown))} are not among the declared "
+                    f"labels {', '.join(sorted(declared))}"
+                )
+            return image_set
         if path.suffix.lower() == ".csv":
-            return from_csv(path, allow_outside_root=allow_outside_root)
+            return from_csv(path, allow_outside_root=allow_outside_root, label_names=label_names)
         if not path.exists():
             raise SourceError(f"{str(path)!r} does not exist")
         return from_paths([path])

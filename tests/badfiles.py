@@ -309,3 +309,100 @@ def make_bad_files(directory: Path) -> dict[str, str | None]:
     (d / "a_directory.jpg").mkdir(exist_ok=True)
     cases["a_directory.jpg"] = "unreadable"
     return cases
+
+
+# --- variants of a real photo (tests/test_faults.py) ---------------------------------------
+# How a camera stores an upright picture for each EXIF orientation, written from the EXIF spec
+# with numpy (not from featx's own table, so a wrong table in featx cannot agree with itself).
+# Stored pixels shown with the orientation applied give the upright picture again.
+EXIF_STORED_FROM_UPRIGHT = {
+    2: lambda a: a[:, ::-1],  # mirrored left-right
+    3: lambda a: a[::-1, ::-1],  # upside down
+    4: lambda a: a[::-1, :],  # mirrored top-bottom
+    5: lambda a: a.transpose(1, 0, 2),  # mirrored along the main diagonal
+    6: lambda a: np.rot90(a, k=1),  # sensor rotated: view needs 90 degrees clockwise
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # mirrored along the anti-diagonal
+    8: lambda a: np.rot90(a, k=-1),  # view needs 90 degrees counter-clockwise
+}
+
+
+def png_rgb16_bytes(rgb8: np.ndarray) -> bytes:
+    """A 48-bit (16 bits per channel) RGB PNG holding ``rgb8 * 257`` (so 255 -> 65535).
+
+    Pillow cannot write 16-bit RGB PNGs, which is what scanners and raw converters produce; the
+    file is assembled here from its chunks.
+    """
+    h, w, _ = rgb8.shape
+    wide = rgb8.astype(">u2") * 257
+    raw = b"".join(b"\x00" + wide[y].tobytes() for y in range(h))  # filter type 0 per row
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
+            + _png_chunk(b"IDAT", zlib.compress(raw, 6)) + _png_chunk(b"IEND", b""))
+
+
+def make_photo_variants(photo: np.ndarray, other: np.ndarray, directory: Path) -> dict[str, str | None]:
+    """Write a real photo (uint8 RGB) in every awkward format and mode that must decode.
+
+    Returns ``{filename: reference}``: the file whose features must be identical (a lossless
+    variant of ``photo.png`` or ``grey.png``), or None when only "it decodes" can be asserted
+    (lossy, quantised, or composited). ``other`` is a second photo (the animation's 2nd frame).
+    """
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    out: dict[str, str | None] = {}
+    img = Image.fromarray(photo)
+    img.save(d / "photo.png")
+    out["photo.png"] = None
+    img.save(d / "photo.tiff", "TIFF")
+    out["photo.tiff"] = "photo.png"
+    img.save(d / "photo_lossless.webp", "WEBP", lossless=True)
+    out["photo_lossless.webp"] = "photo.png"
+    img.save(d / "photo.webp", "WEBP", quality=85)
+    out["photo.webp"] = None
+    (d / "photo_rgb16.png").write_bytes(png_rgb16_bytes(photo))
+    out["photo_rgb16.png"] = "photo.png"
+    grey = img.convert("L")
+    grey.save(d / "grey.png")
+    out["grey.png"] = None
+    Image.fromarray(np.asarray(grey).astype(np.uint16) * 257).save(d / "grey16.png")
+    out["grey16.png"] = "grey.png"
+    img.convert("CMYK").save(d / "photo_cmyk.jpg", "JPEG", quality=95)
+    out["photo_cmyk.jpg"] = None
+    opaque = img.convert("RGBA")
+    opaque.save(d / "photo_rgba_opaque.png")
+    out["photo_rgba_opaque.png"] = "photo.png"
+    rgba = np.asarray(opaque).copy()
+    rgba[: rgba.shape[0] // 3, :, 3] = 0  # top third transparent (a cut-out product shot)
+    rgba[rgba.shape[0] // 3 : rgba.shape[0] // 2, :, 3] = 128
+    Image.fromarray(rgba).save(d / "photo_rgba.png")
+    out["photo_rgba.png"] = None
+    la = np.stack([np.asarray(grey), rgba[..., 3]], axis=-1)
+    Image.fromarray(la).save(d / "photo_la.png")
+    out["photo_la.png"] = None
+    pal = img.quantize(255)  # index 255 stays free: the transparent one
+    pal_arr = np.asarray(pal).copy()
+    pal_arr[:, : pal_arr.shape[1] // 4] = 255
+    pal_t = Image.fromarray(pal_arr, "P")
+    pal_t.putpalette(pal.getpalette()[: 3 * 255] + [0, 255, 0])
+    pal_t.save(d / "photo_palette_transparent.png", transparency=255)
+    out["photo_palette_transparent.png"] = None
+    # Animated GIF: first frame the photo (quantised), then another; the first frame is also
+    # written as a lossless palette PNG, whose features the GIF must match exactly.
+    frame0, frame1 = img.quantize(256), Image.fromarray(other).quantize(256)
+    frame0.save(d / "photo_animated.gif", save_all=True, append_images=[frame1], duration=100, loop=0)
+    frame0.save(d / "gif_frame0.png")
+    out["photo_animated.gif"] = "gif_frame0.png"
+    out["gif_frame0.png"] = None
+    img.resize((1, 1), Image.Resampling.BOX).save(d / "photo_1x1.png")
+    out["photo_1x1.png"] = None
+    for orientation, stored_of in EXIF_STORED_FROM_UPRIGHT.items():
+        stored = Image.fromarray(np.ascontiguousarray(stored_of(photo)))
+        stored.save(d / f"exif_o{orientation}.png", exif=_exif_orientation_bytes(orientation))
+        out[f"exif_o{orientation}.png"] = "photo.png"
+    # The camera case: a JPEG stored sideways with orientation 6 next to an upright JPEG.
+    img.save(d / "upright_photo.jpg", "JPEG", quality=95)
+    out["upright_photo.jpg"] = None
+    Image.fromarray(np.ascontiguousarray(EXIF_STORED_FROM_UPRIGHT[6](photo))).save(
+        d / "exif_o6_photo.jpg", "JPEG", quality=95, exif=_exif_orientation_bytes(6))
+    out["exif_o6_photo.jpg"] = None
+    return out
