@@ -36,6 +36,7 @@ def cmd_extract(args) -> int:
             workers=args.workers, device=args.device, validation_fraction=args.validation_fraction,
             test_fraction=args.test_fraction, split_seed=args.split_seed,
             allow_outside_root=args.allow_outside_root, prune=args.prune, progress=not args.no_progress,
+            image_timeout=args.image_timeout or None,
         )
     except ExtractionInterrupted as exc:
         print(exc.summary.format(), file=sys.stderr)
@@ -66,9 +67,16 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from featx.classify import evaluate_store
+    from featx.finetune import evaluate as evaluate_finetuned, is_keras_file
     from featx.metrics import format_report, save_confusion_png
 
-    result = evaluate_store(args.model, args.store, split=args.split)
+    if is_keras_file(args.model):
+        result = evaluate_finetuned(args.model, args.store, split=args.split, batch_size=args.batch_size,
+                                    workers=args.workers, allow_unsafe=args.allow_unsafe_model)
+        for s in result["skipped"]:
+            print(f"skipped ({s['kind']}): {s['path']}: {s['reason']}", file=sys.stderr)
+    else:
+        result = evaluate_store(args.model, args.store, split=args.split)
     png = args.confusion_png or str(Path(args.model).with_suffix("")) + f".{args.split}.confusion.png"
     save_confusion_png(result, png, title=f"{result['model_name']} on {args.split}")
     result["confusion_png"] = png
@@ -85,9 +93,14 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     from featx.classify import predict_images
+    from featx.finetune import is_keras_file, predict_images as predict_finetuned
 
-    out = predict_images(args.model, args.images, weights=args.weights, batch_size=args.batch_size,
-                         workers=args.workers)
+    if is_keras_file(args.model):
+        out = predict_finetuned(args.model, args.images, batch_size=args.batch_size, workers=args.workers,
+                                allow_unsafe=args.allow_unsafe_model)
+    else:
+        out = predict_images(args.model, args.images, weights=args.weights, batch_size=args.batch_size,
+                             workers=args.workers)
     if args.json:
         _print_json(out)
         return EXIT_OK
@@ -106,9 +119,12 @@ def cmd_info(args) -> int:
 
     with FeatureStore(args.store) as store:
         info = store.info()
+        verify = store.verify() if args.verify else None
+    if verify is not None:
+        info["verify"] = verify
     if args.json:
         _print_json(info)
-        return EXIT_OK
+        return EXIT_OK if verify is None or verify["ok"] else EXIT_FAILURE
     fp = info["fingerprint"]
     print(f"store        {info['path']}")
     print(f"backbone     {fp['backbone']} ({fp['weights']} weights, sha256 {fp['weights_sha256'][:16]}…)"
@@ -129,6 +145,10 @@ def cmd_info(args) -> int:
         print(f"WARNING      identical content under labels {c['labels']}: {', '.join(c['paths'])}")
     print(f"root         {info['root']}")
     print(f"made with    {info['versions']}")
+    if verify is not None:
+        # exit 1 unless verified: a tampered store, or one without a checksum, is not known to be intact
+        print(f"verify       {verify['message']}  ({verify['seconds']:.2f} s)")
+        return EXIT_OK if verify["ok"] else EXIT_FAILURE
     return EXIT_OK
 
 
@@ -148,6 +168,42 @@ def cmd_backbones(args) -> int:
     return EXIT_OK
 
 
+def cmd_finetune(args) -> int:
+    from featx.finetune import finetune
+
+    result = finetune(
+        args.data, args.out, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
+        epochs=args.epochs, unfreeze=args.unfreeze, lr=args.lr, head_init=args.head_init,
+        head_epochs=args.head_epochs, head_lr=args.head_lr, augment=args.augment, batch_size=args.batch_size,
+        mixed_precision=args.mixed_precision, dropout=args.dropout, l2=args.l2, class_weight=args.class_weight,
+        monitor=args.monitor, monitor_fraction=args.monitor_fraction, patience=args.patience, store=args.store,
+        validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
+        split_seed=args.split_seed, seed=args.seed, workers=args.workers, allow_outside_root=args.allow_outside_root,
+    )
+    _print_json(result.to_dict()) if args.json else print(result.format())
+    return EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    from featx.compare import compare
+
+    result = compare(
+        args.data, args.out, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
+        split=args.split, batch_size=args.batch_size, workers=args.workers, cv=args.cv, n_jobs=args.n_jobs,
+        epochs=args.epochs, unfreeze=args.unfreeze, lr=args.lr, augment=args.augment,
+        mixed_precision=args.mixed_precision, patience=args.patience, validation_fraction=args.validation_fraction,
+        test_fraction=args.test_fraction, split_seed=args.split_seed, seed=args.seed,
+        allow_outside_root=args.allow_outside_root, progress=not args.no_progress,
+    )
+    if args.json:
+        _print_json({"files": result.files, "verdict": result.verdict})
+        return EXIT_OK
+    print(result.verdict.get("text", ""))
+    for kind, path in result.files.items():
+        print(f"report ({kind}) → {path}")
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from featx.demo import run_demo
 
@@ -155,6 +211,44 @@ def cmd_demo(args) -> int:
 
 
 # -- parser ----------------------------------------------------------------------------------------
+def _add_finetune_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by `finetune` and `compare`."""
+    p.add_argument("data", help="folder of class folders (optionally under train/ validation/ test/), or a CSV")
+    p.add_argument("--backbone", default="efficientnetb0", help="registry name (see `featx backbones`)")
+    p.add_argument("--weights", default="imagenet", help="imagenet (offline), a weights file path, or none")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs at most (early stopping)")
+    p.add_argument("--unfreeze", default="2", help="top blocks to train, or 'all' (default 2)")
+    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (Adam; default 1e-4)")
+    p.add_argument("--augment", default=",".join(DEFAULT_AUGMENT_NAMES),
+                   help="comma list of flip,rotate,zoom,shear,translate,contrast or none")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--mixed-precision", nargs="?", const="auto", default=False, choices=["auto", "float16", "bfloat16"],
+                   help="train in mixed precision (auto: float16 on a GPU, bfloat16 on CPU)")
+    p.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads")
+    p.add_argument("--validation-fraction", type=float, default=0.2)
+    p.add_argument("--test-fraction", type=float, default=0.0)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-outside-root", action="store_true")
+
+
+# featx.finetune.DEFAULT_AUGMENT, repeated so that `featx --help` does not import Keras
+DEFAULT_AUGMENT_NAMES = ("flip", "rotate", "zoom", "contrast")
+
+
+def _seconds(text: str) -> float:
+    """argparse type for a duration: seconds >= 0 (argparse turns the error into exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from featx import __version__
 
@@ -192,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-outside-root", action="store_true",
                    help="accept manifest paths outside the manifest's folder")
     p.add_argument("--prune", action="store_true", help="drop store rows of files no longer in the set")
+    p.add_argument("--image-timeout", type=_seconds, default=60.0, metavar="S",
+                   help="skip (as 'timeout') an image not read and decoded within S seconds (default 60; 0: no limit)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_extract)
@@ -215,11 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of a classifier on a held-out split",
                        description="Accuracy, precision, recall, F1, confusion matrix (and ROC-AUC when "
                                    "binary) on a split never used for selection. Example: featx evaluate "
-                                   "cache/cd.skops cache/cd.h5 --split validation --json")
-    p.add_argument("model")
-    p.add_argument("store")
+                                   "cache/cd.skops cache/cd.h5 --split validation --json. A fine-tuned .keras "
+                                   "model reads the images the store records (or a data folder) instead.")
+    p.add_argument("model", help="a .skops classifier (featx train) or a .keras model (featx finetune)")
+    p.add_argument("store", help="the store (or, for a .keras model, the store or the data folder/CSV)")
     p.add_argument("--split", choices=["validation", "test"], default="validation")
     p.add_argument("--confusion-png", default=None, help="where to write the confusion matrix PNG")
+    p.add_argument("--batch-size", type=int, default=32, help=".keras models: inference batch size")
+    p.add_argument("--workers", type=int, default=None, help=".keras models: decoding threads")
+    p.add_argument("--allow-unsafe-model", action="store_true",
+                   help="load a .keras model even if it holds Lambda layers (runs their code: trusted files only)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -229,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--weights", default=None, help="the weights file, if the backbone used one")
+    p.add_argument("--allow-unsafe-model", action="store_true",
+                   help="load a .keras model even if it holds Lambda layers (runs their code: trusted files only)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--json", action="store_true")
@@ -237,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="what is in a store", description="Example: featx info cache/cd.h5 --json")
     p.add_argument("store")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--verify", action="store_true",
+                   help="recompute the checksums recorded when the store was written; exit 1 unless they match")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("backbones", help="list the backbone registry",
@@ -244,6 +349,45 @@ def build_parser() -> argparse.ArgumentParser:
                                    "weights are available offline. Example: featx backbones --json")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("finetune", help="fine-tune the backbone's top blocks (parameter transfer)",
+                       description="Two phases the Keras way, starting from the linear probe (LP-FT): the head is "
+                                   "the L2 logistic regression fitted on the frozen features, then the top K blocks "
+                                   "train at a low learning rate with BatchNormalization frozen, with augmentation, "
+                                   "early stopping and the best checkpoint chosen on part of the train split. "
+                                   "Example: featx finetune data/cats_dogs --out cache/cd.keras --backbone "
+                                   "mobilenet_0.25 --epochs 10 --unfreeze 2")
+    _add_finetune_arguments(p)
+    p.add_argument("--out", required=True, help="the model file to write (.keras)")
+    p.add_argument("--store", default=None, help="a store of this data and backbone: the probe reuses its features")
+    p.add_argument("--head-init", choices=["probe", "random"], default="probe",
+                   help="probe (LP-FT, default) or a random head trained first for --head-epochs")
+    p.add_argument("--head-epochs", type=int, default=None, help="phase-one epochs (default 0 with probe, 5 random)")
+    p.add_argument("--head-lr", type=float, default=1e-3)
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--l2", type=float, default=1e-4, help="L2 weight decay on the head")
+    p.add_argument("--class-weight", choices=["balanced"], default=None)
+    p.add_argument("--monitor", choices=["val_loss", "val_accuracy"], default="val_loss")
+    p.add_argument("--monitor-fraction", type=float, default=0.1,
+                   help="stratified part of the train split held out for early stopping (default 0.1)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("compare", help="feature transfer vs fine-tuning on one split, as a report",
+                       description="Extracts features, trains logistic regression and linear SVM (L1, L2; C by CV "
+                                   "on train) and an LP-FT fine-tuned model with the same backbone, weights, split "
+                                   "and seed, evaluates all once on the held-out split and writes report.md, "
+                                   "report.json and a self-contained report.html. Example: featx compare "
+                                   "data/cats_dogs --out reports/cd --backbone mobilenet_0.25")
+    _add_finetune_arguments(p)
+    p.add_argument("--out", required=True, help="report folder (holds the store, the models and the report)")
+    p.add_argument("--split", choices=["validation", "test"], default="validation",
+                   help="held-out split for the numbers (never used for any selection)")
+    p.add_argument("--cv", type=int, default=5, help="folds for choosing C (default 5)")
+    p.add_argument("--n-jobs", type=int, default=-1)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="offline end-to-end demo on scikit-learn's digits",
                        description="Writes scikit-learn's bundled digits as PNG class folders, then runs "

@@ -16,8 +16,9 @@ from featx import pipeline
 from featx.backbones import DEFAULT_BACKBONE, Backbone, fingerprint_id, get_spec
 from featx.decode import DEFAULT_MAX_PIXELS
 from featx.runtime import resolve_device, versions
-from featx.sources import ImageSet, Item, assign_splits, load_source
-from featx.store import FEATURE_DTYPES, FeatureStore, Rows, Skips, StoreWriter
+from featx.sources import ImageSet, Item, assign_splits, display_path, load_source
+from featx.oom import BackoffPredictor
+from featx.store import FEATURE_DTYPES, FeatureStore, Rows, Skips, StoreWriter, crash_point
 
 log = logging.getLogger("featx")
 
@@ -44,6 +45,8 @@ class ExtractSummary:
     seconds: float = 0.0
     images_per_second: float = 0.0
     model_seconds: float = 0.0
+    batch_size: int = 0  # fed to the model at the end: smaller than asked after an out-of-memory back-off
+    oom_backoffs: list = field(default_factory=list)  # [[from, to]] per halving
     interrupted: bool = False
 
     def to_dict(self) -> dict:
@@ -67,7 +70,10 @@ class ExtractSummary:
             if len(self.skipped) > 20:
                 lines.append(f"  … and {len(self.skipped) - 20} more (featx info --json lists all)")
         if self.ignored:
-            lines.append(f"ignored    {len(self.ignored)} files not taken (e.g. {self.ignored[0]})")
+            lines.append(f"ignored    {len(self.ignored)} files or folders not taken:")
+            lines += [f"  - {entry}" for entry in self.ignored[:20]]
+            if len(self.ignored) > 20:
+                lines.append(f"  … and {len(self.ignored) - 20} more (--json lists all)")
         if self.n_stale_rows:
             lines.append(f"note       {self.n_stale_rows} store rows are files not in this set (kept; "
                          "--prune drops them)")
@@ -76,6 +82,8 @@ class ExtractSummary:
                          f"{', '.join(c['paths'])} (label noise?)")
         if self.random_weights:
             lines.append("WARNING    features come from RANDOM weights, as asked (--weights none)")
+        for old, new in self.oom_backoffs:
+            lines.append(f"note       out of memory at batch {old}: continued with batch {new}")
         if self.interrupted:
             lines.append("INTERRUPTED: everything extracted so far is saved; rerun the same command to finish")
         return "\n".join(lines)
@@ -126,6 +134,7 @@ def extract(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     assign_split: bool = True,
     lock_timeout: float | None = 0,
+    image_timeout: float | None = pipeline.DEFAULT_IMAGE_TIMEOUT,
 ) -> ExtractSummary:
     """Extract features of every image in `data` into the HDF5 store `store`, resumably.
 
@@ -134,6 +143,8 @@ def extract(
     their reason. A set without split folders is split (stratified, seeded) and the split is
     recorded per row (`assign_split=False` leaves unsplit sets unsplit, as for a feature cache).
     `lock_timeout` is how long to wait for another writer (0: refuse at once; None: wait).
+    `image_timeout`: seconds one image may take to read and decode before it is skipped as
+    "timeout" (None: no limit), so one hung file cannot stall the run.
     See :mod:`featx.store` for the layout and guarantees.
     """
     started = time.perf_counter()
@@ -144,6 +155,7 @@ def extract(
         raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    pipeline.check_image_timeout(image_timeout)
     image_set = data if isinstance(data, ImageSet) else load_source(data, allow_outside_root=allow_outside_root)
     if assign_split:
         image_set = assign_splits(
@@ -152,6 +164,7 @@ def extract(
     bb = backbone if isinstance(backbone, Backbone) else Backbone.build(
         backbone, weights=weights, image_size=image_size, pooling=pooling, layer=layer
     )
+    crash_point("model-built")  # test-only kill -9 hook (FEATX_TEST_CRASH_AT)
     used_device = resolve_device(device)
     fid = fingerprint_id(bb.fingerprint)
     summary = ExtractSummary(str(store), bb.spec.name, fid, bb.random_weights, used_device,
@@ -182,17 +195,20 @@ def extract(
         model_seconds = 0.0
         pipeline_started = time.perf_counter()
 
+        model = BackoffPredictor(bb.predict, batch_size)  # halves the batch on out-of-memory, says so
+
         def predict(batch: np.ndarray) -> np.ndarray:
             nonlocal model_seconds
             t = time.perf_counter()
-            out = bb.predict(batch)
+            out = model(batch)
             model_seconds += time.perf_counter() - t
+            crash_point("predicted")
             return out
 
         try:
             for result in pipeline.run(
                 todo, predict, image_size=bb.image_size, batch_size=batch_size, workers=workers,
-                known_hashes=index.by_hash, max_pixels=max_pixels,
+                known_hashes=index.by_hash, max_pixels=max_pixels, image_timeout=image_timeout,
             ):
                 pairs = result.computed + result.reused
                 features = [result.features] if result.computed else []
@@ -233,7 +249,10 @@ def extract(
     # throughput of the extraction loop itself (model build and store consolidation excluded)
     summary.images_per_second = summary.n_extracted / pipeline_seconds if pipeline_seconds else 0.0
     summary.model_seconds = model_seconds
+    summary.batch_size = model.batch_size
+    summary.oom_backoffs = [list(b) for b in model.backoffs]
     with FeatureStore(store) as fs:
+        crash_point("final-read")
         summary.n_store_rows = len(fs)
         summary.splits = dict(Counter(fs.splits.tolist()))
         in_set = {item.relpath for item in image_set.items}
@@ -268,12 +287,12 @@ def extract_features(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> InMemoryFeatures:
     """Features of `paths` without a store (for predicting); bad files become NaN rows + a skip record."""
-    items = [Item(os.fspath(p), os.fspath(p), None, None) for p in paths]
+    items = [Item(os.fspath(p), display_path(os.fspath(p)), None, None) for p in paths]
     position = {id(item): i for i, item in enumerate(items)}
     features = np.full((len(items), backbone.feature_dim), np.nan, np.float32)
     hashes = [""] * len(items)
     skipped: list[dict] = []
-    for result in pipeline.run(items, backbone.predict, image_size=backbone.image_size,
+    for result in pipeline.run(items, BackoffPredictor(backbone.predict, batch_size), image_size=backbone.image_size,
                                batch_size=batch_size, workers=workers, max_pixels=max_pixels):
         for (item, decoded), row in zip(result.computed, result.features if result.computed else []):
             features[position[id(item)]] = row

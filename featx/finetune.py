@@ -35,8 +35,9 @@ import numpy as np
 from featx import linear, metrics, pipeline
 from featx.backbones import DEFAULT_BACKBONE, Backbone, normalization_layers, pixels_input
 from featx.decode import DEFAULT_MAX_PIXELS
+from featx.oom import BackoffPredictor
 from featx.runtime import versions
-from featx.sources import ImageSet, Item, SourceError, assign_splits, load_source
+from featx.sources import ImageSet, Item, SourceError, assign_splits, display_path, load_source
 
 log = logging.getLogger("featx")
 
@@ -213,11 +214,12 @@ def _decode_images(items: list[Item], bb: Backbone, scratch: Path, *, batch_size
     pixels = np.lib.format.open_memmap(scratch / "pixels.npy", mode="w+", dtype=np.uint8,
                                        shape=(len(items) + batch_size, h, w, 3))
     pos = 0
+    predict = BackoffPredictor(bb.predict, batch_size)
 
     def step(batch: np.ndarray) -> np.ndarray:
         # the pipeline hands over full (padded) batches; rows past the real ones are overwritten next time
         pixels[pos:pos + len(batch)] = batch
-        return bb.predict(batch) if with_features else np.zeros((len(batch), 0), np.float32)
+        return predict(batch) if with_features else np.zeros((len(batch), 0), np.float32)
 
     kept: list[Item] = []
     hashes: list[str] = []
@@ -734,7 +736,8 @@ def predict_items(fm: FinetunedModel, items: list[Item], *, batch_size: int = 32
     probs = np.full((len(items), len(fm.label_names)), np.nan, np.float32)
     hashes = [""] * len(items)
     skipped: list[dict] = []
-    for result in pipeline.run(items, fm.predict, image_size=fm.image_size, batch_size=batch_size,
+    predict = BackoffPredictor(fm.predict, batch_size)  # halves the batch on out-of-memory, says so
+    for result in pipeline.run(items, predict, image_size=fm.image_size, batch_size=batch_size,
                                workers=workers, max_pixels=max_pixels):
         for (item, decoded), row in zip(result.computed, result.features if result.computed else []):
             probs[position[id(item)]] = row
@@ -750,7 +753,8 @@ def predict_images(model: str | os.PathLike, inputs: Sequence[str | os.PathLike]
 
     fm = load_model(model, allow_unsafe=allow_unsafe)
     paths = expand_images(inputs)
-    out = predict_items(fm, [Item(p, p, None, None) for p in paths], batch_size=batch_size, workers=workers)
+    out = predict_items(fm, [Item(p, display_path(p), None, None) for p in paths], batch_size=batch_size,
+                        workers=workers)
     predictions = []
     for i in np.flatnonzero(out.ok):
         p = out.probabilities[i]

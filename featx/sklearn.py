@@ -221,15 +221,17 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     def _transform_images(self, bb: Backbone, images: np.ndarray) -> np.ndarray:
         from featx.decode import decode_array
+        from featx.oom import BackoffPredictor
 
         pixels = decode_array(images, bb.image_size)
+        predict = BackoffPredictor(bb.predict, self.batch_size)  # halves the batch on out-of-memory, says so
         out = np.empty((len(pixels), bb.feature_dim), np.float32)
         batch = np.zeros((self.batch_size, *bb.image_size, 3), np.uint8)
         for start in range(0, len(pixels), self.batch_size):
             block = pixels[start:start + self.batch_size]
             batch[:len(block)] = block
             batch[len(block):] = 0  # fixed batch shape: a compiled model never retraces
-            out[start:start + len(block)] = bb.predict(batch)[:len(block)]
+            out[start:start + len(block)] = predict(batch)[:len(block)]
         return out
 
     def cache_path(self) -> str | None:
@@ -245,7 +247,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     def _transform_cached(self, bb: Backbone, paths: list[str]) -> tuple[np.ndarray, list[dict]]:
         from featx.decode import read_bytes, sha256_bytes
         from featx.extract import extract
-        from featx.sources import ImageSet, Item
+        from featx.sources import ImageSet, Item, display_path
         from featx.store import FeatureStore, FingerprintMismatch
 
         def digest(path: str) -> str:
@@ -273,7 +275,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         # store under the lock and reuses what another process added meanwhile, so no image goes through
         # the CNN twice even when grid-search folds run in parallel.
         todo = sorted({os.path.abspath(p) for p, h in zip(paths, hashes) if h not in known})
-        summary = extract(ImageSet([Item(p, p, None, None) for p in todo], None, "paths", []), store_path,
+        summary = extract(ImageSet([Item(p, display_path(p), None, None) for p in todo], None, "paths", []), store_path,
                           backbone=bb, dtype=self.dtype, batch_size=self.batch_size, workers=self.workers,
                           progress=False, assign_split=False, lock_timeout=None)
         with FeatureStore(store_path) as fs:
@@ -283,13 +285,15 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 def _gather(fs, bb: Backbone, paths: list[str], hashes: list[str],
             skipped_by_path: dict[str, dict]) -> tuple[np.ndarray, list[dict]]:
     """Rows of `paths` from an open store, by content hash; NaN rows and skip records for the rest."""
+    from featx.sources import display_path
+
     features = np.full((len(paths), bb.feature_dim), np.nan, np.float32)
     skipped: list[dict] = []
     by_hash = {h: j for j, h in enumerate(fs.sha256.tolist())}
     by_path = None
     rows: list[int | None] = []
     for i, (path, h) in enumerate(zip(paths, hashes)):
-        absolute = os.path.abspath(path)
+        absolute = display_path(os.path.abspath(path))  # how the store spells it (valid UTF-8)
         row = by_hash.get(h) if h else None
         if row is None and absolute not in skipped_by_path:
             by_path = by_path or {p: j for j, p in enumerate(fs.paths.tolist())}

@@ -215,3 +215,20 @@ def test_cache_folder_holds_one_store_per_configuration(photos, tmp_path):
     assert len(stores) == 2 and all(s.startswith("mobilenet_0.25-") for s in stores)
     assert avg.cache_path() != mx.cache_path()
     np.testing.assert_array_equal(fx(cache=str(cache)).fit().transform(photos[:4]), a)
+
+
+def test_file_names_that_are_not_utf8_work_with_and_without_cache(photos, tmp_path):
+    """Linux file names are bytes; a Latin-1 name must not crash the store (h5py wants UTF-8)."""
+    import os
+
+    odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg")
+    shutil.copy(photos[0], odd)
+    broken = os.path.join(os.fsencode(tmp_path), b"br\xfbl\xe9.jpg")
+    with open(broken, "wb") as f:
+        f.write(b"")
+    X = [os.fsdecode(odd), os.fsdecode(broken)]
+    ref = fx().fit().transform(photos[:1])[0]
+    for est in (fx(on_error="nan"), fx(on_error="nan", cache=str(tmp_path / "cache.h5"))):
+        out = est.fit().transform(X)
+        np.testing.assert_allclose(out[0], ref, rtol=1e-5, atol=1e-6)
+        assert np.isnan(out[1]).all() and [s["kind"] for s in est.skipped_] == ["empty"]
