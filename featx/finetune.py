@@ -832,6 +832,6 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, *, split: str = 
                                                 fm.label_names, k=n_wrong),
     })
     if result["n_seen_in_training"]:
-        log.warning("%d images of the %s split have the same content as training images (duplicates across "
+        log.warning("%d image(s) of the %s split have the same content as a training image (duplicates across "
                     "splits inflate the score)", result["n_seen_in_training"], split)
     return result
