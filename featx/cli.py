@@ -28,16 +28,39 @@ def _print_json(obj) -> None:
 def cmd_extract(args) -> int:
     from featx.extract import ExtractionInterrupted, extract
 
-    weights = args.weights
+    if args.cluster and args.shard:
+        raise UsageError("--cluster and --shard exclude each other (--shard is for schedulers without Dask)")
+    if (args.shards is not None or args.keep_shards) and not args.cluster:
+        raise UsageError("--shards and --keep-shards go with --cluster")
+    if args.shard and args.prune:
+        raise UsageError("--prune with --shard would drop the other shards' images; prune in a run without --shard")
+    options = dict(
+        backbone=args.backbone, weights=args.weights, image_size=args.image_size, pooling=args.pooling,
+        layer=args.layer, batch_size=args.batch_size, dtype=args.dtype, workers=args.workers, device=args.device,
+        validation_fraction=args.validation_fraction, test_fraction=args.test_fraction, split_seed=args.split_seed,
+        allow_outside_root=args.allow_outside_root, progress=not args.no_progress,
+        image_timeout=args.image_timeout or None,
+    )
     try:
-        summary = extract(
-            args.data, args.store, backbone=args.backbone, weights=weights, image_size=args.image_size,
-            pooling=args.pooling, layer=args.layer, batch_size=args.batch_size, dtype=args.dtype,
-            workers=args.workers, device=args.device, validation_fraction=args.validation_fraction,
-            test_fraction=args.test_fraction, split_seed=args.split_seed,
-            allow_outside_root=args.allow_outside_root, prune=args.prune, progress=not args.no_progress,
-            image_timeout=args.image_timeout or None,
-        )
+        if args.cluster:
+            from featx.distributed import extract_distributed, parse_cluster
+
+            try:
+                cluster = parse_cluster(args.cluster)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            summary = extract_distributed(args.data, args.store, cluster=cluster, n_shards=args.shards,
+                                          keep_shards=args.keep_shards, prune=args.prune, **options)
+        elif args.shard:
+            from featx.distributed import extract_shard, parse_shard
+
+            try:
+                shard = parse_shard(args.shard)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            summary = extract_shard(args.data, args.store, shard, **options)
+        else:
+            summary = extract(args.data, args.store, prune=args.prune, **options)
     except ExtractionInterrupted as exc:
         print(exc.summary.format(), file=sys.stderr)
         return 130
@@ -45,10 +68,58 @@ def cmd_extract(args) -> int:
     return EXIT_OK
 
 
+def cmd_merge(args) -> int:
+    from featx.distributed import merge
+
+    report = merge(args.store, args.shards or None, remove=args.delete_shards)
+    _print_json(report.to_dict()) if args.json else print(report.format())
+    return EXIT_OK
+
+
+def cmd_train_sgd(args) -> int:
+    from featx.distributed import train_store_sgd
+    from featx.metrics import format_table
+
+    report = train_store_sgd(
+        args.store, args.out, classifier=args.classifier, penalty=args.penalty, alphas=args.alpha,
+        l1_ratio=args.l1_ratio, epochs=args.epochs, chunk_size=args.chunk_size,
+        holdout_fraction=args.holdout_fraction, class_weight=args.class_weight, random_state=args.seed,
+        cluster=args.cluster, n_jobs=args.n_jobs,
+    )
+    if args.json:
+        _print_json(report.to_dict())
+        return EXIT_OK
+    if report.random_weights:
+        print("WARNING: this store's features come from RANDOM weights (--weights none)")
+    print(f"trained by chunked SGD on {report.n_train} images of the train split, {len(report.label_names)} classes; "
+          f"alpha chosen on a held-out {args.holdout_fraction:g} of that split"
+          + (f", candidates run on {args.cluster}" if args.cluster else "") + f" ({report.seconds:.1f} s)")
+    print(format_table(report.candidates, ["loss", "penalty", "alpha", "holdout_accuracy", "fit_seconds", "host"]))
+    print(f"kept {report.name} → {report.model_path}")
+    return EXIT_OK
+
+
 def cmd_train(args) -> int:
     from featx.classify import train_store
     from featx.metrics import format_table
 
+    if args.cluster and not args.sgd:
+        raise UsageError("--cluster trains with --sgd (the out-of-core search); in-memory training uses --n-jobs")
+    if args.penalty == "elasticnet" and not args.sgd:
+        raise UsageError("--penalty elasticnet needs --sgd")
+    sgd_only = [flag for flag, value in (("--alpha", args.alpha), ("--l1-ratio", args.l1_ratio),
+                                          ("--epochs", args.epochs), ("--chunk-size", args.chunk_size),
+                                          ("--holdout-fraction", args.holdout_fraction)) if value is not None]
+    if sgd_only and not args.sgd:
+        raise UsageError(f"{', '.join(sgd_only)} go with --sgd")
+    if args.sgd:
+        if args.calibrate:
+            raise UsageError("--calibrate is not available with --sgd (use --classifier logreg for probabilities)")
+        args.l1_ratio = 0.15 if args.l1_ratio is None else args.l1_ratio
+        args.epochs = 5 if args.epochs is None else args.epochs
+        args.chunk_size = 4096 if args.chunk_size is None else args.chunk_size
+        args.holdout_fraction = 0.2 if args.holdout_fraction is None else args.holdout_fraction
+        return cmd_train_sgd(args)
     report = train_store(args.store, args.out, classifier=args.classifier, penalty=args.penalty, cv=args.cv,
                          class_weight=args.class_weight, calibrate=args.calibrate, n_jobs=args.n_jobs,
                          random_state=args.seed)
@@ -288,9 +359,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", action="store_true", help="drop store rows of files no longer in the set")
     p.add_argument("--image-timeout", type=_seconds, default=60.0, metavar="S",
                    help="skip (as 'timeout') an image not read and decoded within S seconds (default 60; 0: no limit)")
+    p.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT",
+                   help="extract on Dask workers: local (a cluster on this machine, one worker per GPU or core), "
+                        "local:N, or a scheduler address; shards are merged into --store (needs featx[dask])")
+    p.add_argument("--shards", type=int, default=None, metavar="N",
+                   help="with --cluster: shards to split the work into (default: one per worker, up to 4 per worker "
+                        "for big sets; an unfinished run's count to resume it)")
+    p.add_argument("--keep-shards", action="store_true", help="with --cluster: keep STORE.shards/ after merging")
+    p.add_argument("--shard", default=None, metavar="i/N",
+                   help="extract only shard i of N (counted from 0) into STORE.shards/ (no Dask; e.g. a Slurm array "
+                        "job); join with `featx merge STORE`")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("merge", help="join shard stores into one store",
+                       description="Append the rows and skipped files of shard stores (from `featx extract --shard "
+                                   "i/N`) to STORE through its journal; refuses shards of another backbone "
+                                   "configuration or dtype; merging twice adds nothing. Example: featx merge "
+                                   "cache/cd.h5   (all of cache/cd.h5.shards/shard-*.h5)")
+    p.add_argument("store", help="the store to create or extend")
+    p.add_argument("shards", nargs="*", metavar="SHARD", help="shard stores (default: every STORE.shards/shard-*.h5)")
+    p.add_argument("--delete-shards", action="store_true", help="delete the shard stores once merged")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("train", help="train linear classifiers on a store's train split",
                        description="Train logistic regression / linear SVM (L1 or L2) on the train split; "
@@ -299,12 +391,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("--out", required=True, help="classifier file to write (.skops)")
     p.add_argument("--classifier", choices=["logreg", "svm", "all"], default="logreg")
-    p.add_argument("--penalty", choices=["l1", "l2", "all"], default="l2")
+    p.add_argument("--penalty", choices=["l1", "l2", "elasticnet", "all"], default="l2",
+                   help="elasticnet needs --sgd (all: l1, l2 and, with --sgd, elasticnet)")
     p.add_argument("--cv", type=int, default=5, help="folds for choosing C (default 5)")
     p.add_argument("--class-weight", choices=["balanced"], default=None)
     p.add_argument("--calibrate", action="store_true", help="calibrated probabilities for the SVM")
     p.add_argument("--n-jobs", type=int, default=-1, help="parallel CV fits (default -1: all cores)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sgd", action="store_true",
+                   help="out of core, for stores larger than memory: averaged SGD chunk by chunk (svm: hinge, "
+                        "logreg: log loss), alpha chosen on a held-out part of the train split")
+    p.add_argument("--alpha", type=float, nargs="+", default=None,
+                   help="with --sgd: regularisation strengths to try (default 1e-6 1e-5 1e-4 1e-3 1e-2)")
+    p.add_argument("--l1-ratio", type=float, default=None, help="with --sgd: elastic-net L1 share (default 0.15)")
+    p.add_argument("--epochs", type=int, default=None, help="with --sgd: passes over the train split (default 5)")
+    p.add_argument("--chunk-size", type=int, default=None, help="with --sgd: rows in memory at a time (default 4096)")
+    p.add_argument("--holdout-fraction", type=float, default=None,
+                   help="with --sgd: part of the train split that scores the candidates (default 0.2)")
+    p.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT",
+                   help="with --sgd: run the candidates on Dask workers (joblib's dask backend; needs featx[dask])")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
 

@@ -8,7 +8,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -135,6 +135,7 @@ def extract(
     assign_split: bool = True,
     lock_timeout: float | None = 0,
     image_timeout: float | None = pipeline.DEFAULT_IMAGE_TIMEOUT,
+    on_progress: Callable[[int], None] | None = None,
 ) -> ExtractSummary:
     """Extract features of every image in `data` into the HDF5 store `store`, resumably.
 
@@ -145,6 +146,8 @@ def extract(
     `lock_timeout` is how long to wait for another writer (0: refuse at once; None: wait).
     `image_timeout`: seconds one image may take to read and decode before it is skipped as
     "timeout" (None: no limit), so one hung file cannot stall the run.
+    `on_progress(n)`, when given, is called after each committed batch with its number of images (a
+    caller's own progress display, e.g. one bar across cluster workers).
     See :mod:`featx.store` for the layout and guarantees.
     """
     started = time.perf_counter()
@@ -234,6 +237,8 @@ def extract(
                 summary.n_extracted += len(result.computed)
                 summary.n_reused += len(result.reused)
                 bar.update(len(result))
+                if on_progress is not None:
+                    on_progress(len(result))
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:

@@ -55,6 +55,9 @@ __all__ = [
     "SGD_LOSSES",
     "SGD_PENALTIES",
     "train_sgd",
+    "DEFAULT_SGD_ALPHAS",
+    "SGDSearchResult",
+    "search_sgd",
     "predict_scores",
     "count_nonzero_weights",
     "save_classifier",
@@ -665,12 +668,13 @@ def train_sgd(
 def _train_sgd(
     store: FeatureStore, *, loss: str, penalty: str, alpha: float, l1_ratio: float, split: str,
     chunk_size: int, epochs: int, class_weight: str | dict | None, random_state: int,
-    label_names: list[str] | None,
+    label_names: list[str] | None, rows: np.ndarray | None = None,
 ) -> Pipeline:
+    """`rows`, when given, are the store rows to train on (a part of `split`, for search_sgd)."""
     if label_names is None:
         label_names = store.label_names
     labels = store.y  # one int per row; the features stay on disk
-    index = store.split_index(split)  # ValueError for an unknown split name
+    index = store.split_index(split) if rows is None else np.sort(np.asarray(rows, np.int64))
     index = index[labels[index] >= 0]
     y = labels[index]
     n = int(index.size)
@@ -753,6 +757,142 @@ def _train_sgd(
     clf.coef_ = coef_sum / seen
     clf.intercept_ = intercept_sum / seen
     return Pipeline([("scale", scaler), ("clf", clf)])
+
+
+# The regularisation grid of search_sgd. alpha is roughly 1 / (C * n): over
+# 10^3-10^7 training rows these span C = 1e-5 ... 1e3, which covers train()'s
+# own grid (DEFAULT_CS, 1e-4 ... 1e2) at every size.
+DEFAULT_SGD_ALPHAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+
+
+@dataclass
+class SGDSearchResult:
+    """The refitted best candidate of :func:`search_sgd` and every candidate's held-out score."""
+
+    estimator: Pipeline
+    name: str  # "sgd-<loss>-<penalty>"
+    loss: str
+    penalty: str
+    alpha: float
+    candidates: list[dict]  # loss, penalty, alpha, holdout_accuracy, fit_seconds, pid, host
+    n_train: int  # labelled rows of the split (the final fit)
+    n_fit: int  # rows the candidates were fitted on
+    n_holdout: int  # rows they were scored on
+
+
+def _holdout_rows(store: FeatureStore, split: str, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split the labelled rows of `split` into (fit, holdout), stratified per class, by a seeded hash of each
+    row's path: the same rows whatever the store's row order, and never the validation or test split."""
+    import hashlib
+
+    labels = store.y
+    index = store.split_index(split)
+    index = index[labels[index] >= 0]
+    paths = store.paths
+    holdout: list[int] = []
+    for c in np.unique(labels[index]):
+        rows = index[labels[index] == c]
+        ranked = sorted(rows.tolist(), key=lambda r: hashlib.sha256(f"{seed}:{paths[r]}".encode(
+            "utf-8", "surrogateescape")).hexdigest())
+        k = int(round(len(rows) * fraction))
+        k = min(max(k, 1 if len(rows) >= 2 else 0), len(rows) - 1)  # every class on both sides when it can be
+        holdout += ranked[:k]
+    held = np.array(sorted(holdout), np.int64)
+    return np.setdiff1d(index, held), held
+
+
+def _sgd_candidate(
+    store: str, fit_rows: np.ndarray, holdout_rows: np.ndarray, *, loss: str, penalty: str, alpha: float,
+    l1_ratio: float, split: str, chunk_size: int, epochs: int, class_weight: str | dict | None, random_state: int,
+) -> dict:
+    """Fit one candidate on `fit_rows` and score it on `holdout_rows`, chunk by chunk (a joblib task: it opens
+    the store itself, so it runs in another process or on a Dask worker that sees the same path)."""
+    import socket
+
+    from featx.store import FeatureStore
+
+    started = time.perf_counter()
+    with FeatureStore(store) as fs:
+        pipe = _train_sgd(fs, loss=loss, penalty=penalty, alpha=alpha, l1_ratio=l1_ratio, split=split,
+                          chunk_size=chunk_size, epochs=epochs, class_weight=class_weight,
+                          random_state=random_state, label_names=None, rows=fit_rows)
+        y = fs.y
+        correct = 0
+        for start in range(0, len(holdout_rows), chunk_size):
+            rows = holdout_rows[start:start + chunk_size]
+            correct += int((pipe.predict(fs.features(rows)) == y[rows]).sum())
+    return {"loss": loss, "penalty": penalty, "alpha": alpha,
+            "holdout_accuracy": correct / len(holdout_rows) if len(holdout_rows) else float("nan"),
+            "fit_seconds": time.perf_counter() - started, "pid": os.getpid(), "host": socket.gethostname()}
+
+
+def search_sgd(
+    store: str | os.PathLike | FeatureStore,
+    *,
+    losses: tuple[str, ...] | list[str] = ("hinge",),
+    penalties: tuple[str, ...] | list[str] = ("l2",),
+    alphas: tuple[float, ...] | list[float] | None = None,
+    l1_ratio: float = 0.15,
+    split: str = "train",
+    holdout_fraction: float = 0.2,
+    chunk_size: int = 4096,
+    epochs: int = 5,
+    class_weight: str | dict | None = None,
+    random_state: int = 0,
+    n_jobs: int | None = None,
+) -> SGDSearchResult:
+    """Choose loss, penalty and ``alpha`` of :func:`train_sgd` out of core, then refit on the whole split.
+
+    Every combination of `losses` x `penalties` x `alphas` (default :data:`DEFAULT_SGD_ALPHAS`) is
+    fitted with :func:`train_sgd`'s chunked averaged SGD on the `split` minus a held-out
+    `holdout_fraction` (stratified, by a seeded hash of the path) and scored by accuracy on that
+    held-out part; validation and test rows are never used. Ties go to the stronger regularisation.
+    Candidates run through joblib with `n_jobs` workers: wrap the call in
+    ``joblib.parallel_config(backend="dask")`` to run them on a Dask cluster (each task opens the store
+    by its path). Memory: a chunk of rows per running candidate.
+    """
+    from joblib import Parallel, delayed
+
+    from featx.store import FeatureStore
+
+    losses, penalties = list(losses), list(penalties)
+    if not losses or not penalties:
+        raise ValueError("search_sgd needs at least one loss and one penalty")
+    for loss in losses:
+        _check_choice(loss, SGD_LOSSES, "loss")
+    for penalty in penalties:
+        _check_choice(penalty, SGD_PENALTIES, "penalty")
+    alphas = [_check_number(a, "alpha") for a in (DEFAULT_SGD_ALPHAS if alphas is None else alphas)]
+    if not alphas or not all(math.isfinite(a) and a > 0 for a in alphas):
+        raise ValueError(f"alphas must be positive finite numbers, got {alphas!r}")
+    holdout_fraction = _check_number(holdout_fraction, "holdout_fraction")
+    if not 0 < holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction must be between 0 and 1, got {holdout_fraction!r}")
+    l1_ratio = _check_number(l1_ratio, "l1_ratio")
+    if not 0.0 <= l1_ratio <= 1.0:
+        raise ValueError(f"l1_ratio must be between 0 and 1, got {l1_ratio!r}")
+    chunk_size = _check_int(chunk_size, "chunk_size", 1)
+    epochs = _check_int(epochs, "epochs", 1)
+    random_state = _check_int(random_state, "random_state", 0)
+    _check_class_weight(class_weight)
+    path = str(store.path if isinstance(store, FeatureStore) else store)
+    with FeatureStore(path) as fs:
+        fit_rows, holdout_rows = _holdout_rows(fs, split, holdout_fraction, random_state)
+        if len(np.unique(fs.y[fit_rows])) < 2:
+            raise ValueError(f"split {split!r} of {path} has fewer than 2 classes to train on")
+    options = dict(l1_ratio=l1_ratio, split=split, chunk_size=chunk_size, epochs=epochs,
+                   class_weight=class_weight, random_state=random_state)
+    grid = [(loss, penalty, alpha) for loss in losses for penalty in penalties for alpha in alphas]
+    candidates = Parallel(n_jobs=n_jobs)(
+        delayed(_sgd_candidate)(path, fit_rows, holdout_rows, loss=loss, penalty=penalty, alpha=alpha, **options)
+        for loss, penalty, alpha in grid)
+    best = max(candidates, key=lambda c: (c["holdout_accuracy"], c["alpha"]))
+    with FeatureStore(path) as fs:
+        estimator = _train_sgd(fs, loss=best["loss"], penalty=best["penalty"], alpha=best["alpha"],
+                               label_names=None, **options)
+        n_train = int((fs.y[fs.split_index(split)] >= 0).sum())
+    return SGDSearchResult(estimator, f"sgd-{best['loss']}-{best['penalty']}", best["loss"], best["penalty"],
+                           best["alpha"], list(candidates), n_train, len(fit_rows), len(holdout_rows))
 
 
 # --------------------------------------------------------------------------
