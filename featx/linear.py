@@ -576,6 +576,17 @@ def _check_number(value: Any, what: str) -> float:
     return float(value)
 
 
+def _check_sgd_options(l1_ratio: Any, chunk_size: Any, epochs: Any, random_state: Any,
+                       class_weight: Any) -> tuple[float, int, int, int]:
+    """The options every out-of-core SGD fit shares, checked once for train_sgd and search_sgd."""
+    l1_ratio = _check_number(l1_ratio, "l1_ratio")
+    if not 0.0 <= l1_ratio <= 1.0:
+        raise ValueError(f"l1_ratio must be between 0 and 1, got {l1_ratio!r}")
+    _check_class_weight(class_weight)
+    return (l1_ratio, _check_int(chunk_size, "chunk_size", 1), _check_int(epochs, "epochs", 1),
+            _check_int(random_state, "random_state", 0))
+
+
 def train_sgd(
     store: str | os.PathLike | FeatureStore,
     *,
@@ -647,13 +658,8 @@ def train_sgd(
     alpha = _check_number(alpha, "alpha")
     if not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
-    l1_ratio = _check_number(l1_ratio, "l1_ratio")
-    if not 0.0 <= l1_ratio <= 1.0:
-        raise ValueError(f"l1_ratio must be between 0 and 1, got {l1_ratio!r}")
-    chunk_size = _check_int(chunk_size, "chunk_size", 1)
-    epochs = _check_int(epochs, "epochs", 1)
-    random_state = _check_int(random_state, "random_state", 0)
-    _check_class_weight(class_weight)
+    l1_ratio, chunk_size, epochs, random_state = _check_sgd_options(l1_ratio, chunk_size, epochs, random_state,
+                                                                     class_weight)
     options = dict(loss=loss, penalty=penalty, alpha=alpha, l1_ratio=l1_ratio, split=split,
                    chunk_size=chunk_size, epochs=epochs, class_weight=class_weight,
                    random_state=random_state, label_names=label_names)
@@ -868,13 +874,8 @@ def search_sgd(
     holdout_fraction = _check_number(holdout_fraction, "holdout_fraction")
     if not 0 < holdout_fraction < 1:
         raise ValueError(f"holdout_fraction must be between 0 and 1, got {holdout_fraction!r}")
-    l1_ratio = _check_number(l1_ratio, "l1_ratio")
-    if not 0.0 <= l1_ratio <= 1.0:
-        raise ValueError(f"l1_ratio must be between 0 and 1, got {l1_ratio!r}")
-    chunk_size = _check_int(chunk_size, "chunk_size", 1)
-    epochs = _check_int(epochs, "epochs", 1)
-    random_state = _check_int(random_state, "random_state", 0)
-    _check_class_weight(class_weight)
+    l1_ratio, chunk_size, epochs, random_state = _check_sgd_options(l1_ratio, chunk_size, epochs, random_state,
+                                                                     class_weight)
     path = str(store.path if isinstance(store, FeatureStore) else store)
     with FeatureStore(path) as fs:
         fit_rows, holdout_rows = _holdout_rows(fs, split, holdout_fraction, random_state)
