@@ -6,6 +6,8 @@ A frozen pretrained CNN runs once over an image set and its features are cached 
 Heavy dependencies (Keras, TensorFlow) are imported only when used.
 """
 
+from featx.runtime import prefer_fast_cpu_kernels
+
 __version__ = "0.1.0"
 __all__ = ["FeatureExtractor", "FeatureStore", "__version__"]
 
@@ -21,3 +23,6 @@ def __getattr__(name: str):
 
         return FeatureStore
     raise AttributeError(f"module 'featx' has no attribute {name!r}")
+
+
+prefer_fast_cpu_kernels()  # before anything imports TensorFlow

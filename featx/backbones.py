@@ -256,11 +256,32 @@ class Backbone:
     ('imagenet', [96, 96])
     """
 
-    def __init__(self, spec: BackboneSpec, model, fingerprint: dict, weights: WeightsSource):
+    def __init__(self, spec: BackboneSpec, model, fingerprint: dict, weights: WeightsSource, *,
+                 pooling: str = "avg"):
         self.spec = spec
+        #: The stock network (BatchNormalization layers intact): what fine-tuning trains and saves.
         self.model = model
         self.fingerprint = fingerprint
         self.weights = weights
+        self.pooling = pooling
+        self._inference_model = None
+        self.n_folded = 0  # BatchNormalization layers folded away in inference_model
+
+    @property
+    def inference_model(self):
+        """The same function as ``model``, made for frozen inference: BatchNormalization folded into
+        the convolutions (featx.fold) and the pixels cast and scaled in one step. Built on first use.
+        Features agree with ``model``'s to float32 round-off."""
+        if self._inference_model is None:
+            import keras
+
+            from featx.fold import fold_batchnorm
+
+            base = next(layer for layer in self.model.layers if isinstance(layer, keras.Model))
+            folded, self.n_folded = fold_batchnorm(base)
+            self._inference_model = _assemble(self.spec, self.image_size, folded, self.pooling,
+                                              fused_input=True)
+        return self._inference_model
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -281,7 +302,7 @@ class Backbone:
                 f"expected uint8 pixels of shape (N, {self.image_size[0]}, {self.image_size[1]}, 3), "
                 f"got {pixels.dtype} {pixels.shape}"
             )
-        out = self.model.predict_on_batch(pixels)
+        out = self.inference_model.predict_on_batch(pixels)
         return np.asarray(out, dtype=np.float32)
 
     @classmethod
@@ -335,17 +356,8 @@ class Backbone:
                 ) from None
             base = keras.Model(base.inputs, target.output, name=f"{base.name}_{layer}")
 
-        inputs, x = pixels_input(size)
-        for norm in normalization_layers(spec.preprocessing):
-            x = norm(x)
-        x = base(x, training=False)
-        if len(x.shape) == 4:
-            pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
-            x = pool(name=f"featx_{pooling}_pool")(x)
-        elif len(x.shape) != 2:
-            x = keras.layers.Flatten(name="featx_flatten")(x)
-        model = keras.Model(inputs, x, name=f"featx_{spec.name.replace('.', '_')}")
-        model.trainable = False
+        model = _assemble(spec, size, base, pooling)
+        x = model.output
 
         if source.kind == "none":
             weights_sha = "random:seed=%d:" % seed + hashlib.sha256(
@@ -365,7 +377,34 @@ class Backbone:
             "resize": RESIZE_METHOD,
             "preprocessing_version": PREPROCESSING_VERSION,
         }
-        return cls(spec, model, fingerprint, source)
+        return cls(spec, model, fingerprint, source, pooling=pooling)
+
+
+def _assemble(spec: BackboneSpec, size: tuple[int, int], base, pooling: str, *, fused_input: bool = False):
+    """uint8 pixels -> the backbone's normalisation -> ``base`` -> pooled features, as one model.
+
+    ``fused_input``: let the first normalisation layer cast the uint8 pixels itself (Rescaling
+    does) instead of a separate cast pass; the inference model does, the saved/trained one keeps
+    the layer layout fine-tuned files already have.
+    """
+    import keras
+
+    norms = normalization_layers(spec.preprocessing)
+    if fused_input and norms and isinstance(norms[0], keras.layers.Rescaling):
+        inputs = x = keras.Input(shape=(*size, 3), dtype="uint8", name="pixels")
+    else:
+        inputs, x = pixels_input(size)
+    for norm in norms:
+        x = norm(x)
+    x = base(x, training=False)
+    if len(x.shape) == 4:
+        pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
+        x = pool(name=f"featx_{pooling}_pool")(x)
+    elif len(x.shape) != 2:
+        x = keras.layers.Flatten(name="featx_flatten")(x)
+    model = keras.Model(inputs, x, name=f"featx_{spec.name.replace('.', '_')}")
+    model.trainable = False
+    return model
 
 
 def describe_backbones() -> list[dict]:

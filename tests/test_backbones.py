@@ -112,12 +112,12 @@ def test_wrong_input_is_refused(backbone):
         backbone.predict(np.zeros((1, TEST_SIZE, TEST_SIZE, 3), np.float32))
 
 
-JAX_SCRIPT = """
+BACKEND_SCRIPT = """
 import json, sys, numpy as np
 import keras
 from featx.extract import extract
 from featx.store import FeatureStore
-assert keras.backend.backend() == "jax", keras.backend.backend()
+assert keras.backend.backend() == sys.argv[3], keras.backend.backend()
 summary = extract(sys.argv[1], sys.argv[2], backbone="mobilenet_0.25", image_size=%d, batch_size=4, progress=False)
 with FeatureStore(sys.argv[2]) as fs:
     print(json.dumps({"n": summary.n_extracted, "paths": fs.paths.tolist(), "X": fs.X.tolist(),
@@ -125,17 +125,20 @@ with FeatureStore(sys.argv[2]) as fs:
 """ % TEST_SIZE
 
 
-def test_extraction_under_the_jax_backend_matches_tensorflow(flower_set, tmp_path, backbone):
+@pytest.mark.parametrize("keras_backend", ["jax", "torch"])
+def test_extraction_under_other_backends_matches_tensorflow(flower_set, tmp_path, backbone, keras_backend):
+    """Real photos, real weights: the same features under JAX and torch as under TensorFlow."""
     from featx.extract import extract
     from featx.store import FeatureStore
 
     extract(flower_set, tmp_path / "tf.h5", backbone=backbone, batch_size=4, progress=False)
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(flower_set), str(tmp_path / "jax.h5")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    env = {**os.environ, "KERAS_BACKEND": keras_backend, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT, str(flower_set), str(tmp_path / "other.h5"),
+                          keras_backend], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["n"] == 24 and res["versions"]["keras_backend"] == "jax"
+    assert res["n"] == 24 and res["versions"]["keras_backend"] == keras_backend
+    assert keras_backend in res["versions"]  # the backend library's version is recorded too
     with FeatureStore(tmp_path / "tf.h5") as fs:
         tf_rows = dict(zip(fs.paths.tolist(), fs.X))
     for p, row in zip(res["paths"], res["X"]):

@@ -110,6 +110,10 @@ def test_finetune_trains_the_top_keeps_the_rest_and_records_everything(finetuned
     ce = -np.mean(np.log(probs[np.arange(len(y)), y]))
     decay = 1e-4 * float(np.sum(model.get_layer("featx_head").get_weights()[0] ** 2))
     assert ce + decay == pytest.approx(result.best["val_loss"], rel=1e-3, abs=1e-4)
+    # featx's own inference runs the BatchNormalization-folded copy: same probabilities
+    fm = ft.load_model(out)
+    np.testing.assert_allclose(fm.predict(_pixels([it.path for it in monitor])), probs, rtol=1e-4, atol=1e-6)
+    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in fm._inference_model._flatten_layers())
 
     with zipfile.ZipFile(out) as zf:
         meta = json.loads(zf.read("featx.json"))

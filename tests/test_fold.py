@@ -1,0 +1,88 @@
+"""featx.fold: BatchNormalization folded into convolutions for inference, exact to round-off."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import flower_files
+from featx.backbones import Backbone
+from featx.decode import decode_file
+from featx.fold import fold_batchnorm
+
+
+def _randomize_batchnorm(model, seed: int = 0) -> int:
+    """Give every BatchNormalization non-trivial statistics (random weights leave mean 0, var 1)."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    n = 0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([
+                rng.uniform(0.5, 2.0, w.shape).astype(w.dtype) if v.path.endswith(("gamma", "moving_variance"))
+                else rng.normal(0.0, 0.2, w.shape).astype(w.dtype)
+                for v, w in zip(layer.weights, layer.get_weights())
+            ])
+            n += 1
+    return n
+
+
+@pytest.mark.parametrize("name,size", [
+    ("mobilenetv2", 64), ("efficientnetb0", 64), ("resnet50", 64), ("inceptionv3", 75), ("xception", 71),
+    ("mobilenetv3small", 64), ("densenet121", 64),
+])
+def test_folded_backbone_equals_the_stock_network(name, size):
+    """Every family with BatchNormalization (plain, depthwise and separable convs; BN without scale):
+    the inference model featx runs gives the stock network's features."""
+    bb = Backbone.build(name, weights="none", image_size=size)
+    assert _randomize_batchnorm(bb.model) > 0
+    x = np.random.default_rng(1).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+    expected = np.asarray(bb.model.predict_on_batch(x))
+    got = bb.predict(x)  # builds the folded inference model
+    assert bb.n_folded > 10
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_vendored_backbone_folds_every_batchnorm_and_keeps_real_features():
+    """Real weights, real photos: all 27 BN layers of MobileNet-0.25 are folded away and the features
+    still equal the stock model's."""
+    import keras
+
+    bb = Backbone.build("mobilenet_0.25", weights="imagenet")
+    pixels = np.stack([decode_file(f, (224, 224)).pixels for f in flower_files("daisy", 4)])
+    got = bb.predict(pixels)
+    assert bb.n_folded == 27
+    layers = bb.inference_model._flatten_layers(include_self=False)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in layers)
+    np.testing.assert_allclose(got, np.asarray(bb.model.predict_on_batch(pixels)), rtol=1e-4, atol=1e-5)
+
+
+def test_only_exact_single_use_conv_batchnorm_pairs_are_folded():
+    import keras
+
+    L = keras.layers
+    inp = keras.Input((12, 12, 4))
+    a = L.BatchNormalization(name="bn_a")(L.Conv2D(6, 3, padding="same", name="conv_a")(inp))  # folded
+    b = L.BatchNormalization(scale=False, name="bn_b")(                                          # folded
+        L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw_b")(a))
+    c = L.BatchNormalization(center=False, name="bn_c")(                                         # folded
+        L.SeparableConv2D(5, 3, padding="same", use_bias=False, name="sep_c")(b))
+    d_conv = L.Conv2D(5, 1, name="conv_d")(c)
+    d = L.Add()([L.BatchNormalization(name="bn_d")(d_conv), d_conv])  # conv output used twice: kept
+    e = L.BatchNormalization(name="bn_e")(L.Conv2D(5, 1, activation="relu", name="conv_e")(d))  # relu first: kept
+    f = L.BatchNormalization(axis=1, name="bn_f")(L.Conv2D(5, 1, name="conv_f")(e))  # not per channel: kept
+    model = keras.Model(inp, f)
+    _randomize_batchnorm(model, seed=3)
+
+    folded, n = fold_batchnorm(model)
+    assert n == 3
+    kept = {layer.name for layer in folded.layers if isinstance(layer, L.BatchNormalization)}
+    assert kept == {"bn_d", "bn_e", "bn_f"}
+    x = np.random.default_rng(2).normal(size=(4, 12, 12, 4)).astype("float32")
+    np.testing.assert_allclose(folded.predict_on_batch(x), model.predict_on_batch(x), rtol=1e-4, atol=1e-5)
+    # the original is untouched, and a model with nothing to fold comes back as it is
+    assert sum(isinstance(layer, L.BatchNormalization) for layer in model.layers) == 6
+    plain = keras.Model(inp, L.Conv2D(2, 1)(inp))
+    assert fold_batchnorm(plain) == (plain, 0)
