@@ -282,6 +282,19 @@ def cmd_demo(args) -> int:
 
 
 # -- parser ----------------------------------------------------------------------------------------
+def _batch_size(text: str) -> int | str:
+    """--batch-size: a positive integer, or auto (chosen from the free memory of the device)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}")
+    return value
+
+
 def _add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments shared by `finetune` and `compare`."""
     p.add_argument("data", help="folder of class folders (optionally under train/ validation/ test/), or a CSV")
@@ -342,7 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="efficientnetb0", help="registry name (see `featx backbones`)")
     p.add_argument("--weights", default="imagenet",
                    help="imagenet (offline, from $KERAS_HOME/models), a weights file path, or none (random)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_batch_size, default="auto",
+                   help="images per model call, or auto (default): the largest power of two whose activations "
+                        "fit a share of the free memory, at most 64 on a CPU and 512 on a GPU; halved on "
+                        "out-of-memory either way")
     p.add_argument("--image-size", type=int, default=None, help="square input size (default: the backbone's)")
     p.add_argument("--pooling", choices=["avg", "max"], default="avg")
     p.add_argument("--layer", default=None, help="take features from this named layer instead")

@@ -55,6 +55,7 @@ from featx import pipeline
 from featx.backbones import DEFAULT_BACKBONE, Backbone, fingerprint_id, get_spec
 from featx.decode import DEFAULT_MAX_PIXELS
 from featx.extract import ExtractionInterrupted, ExtractSummary, _file_state, _progress_bar, extract
+from featx.oom import check_batch_size
 from featx.sources import ImageSet, Item, assign_splits, load_source
 from featx.store import (FEATURE_DTYPES, FeatureStore, MergeReport, StoreError, StoreWriter, merge_stores)
 
@@ -172,13 +173,12 @@ def _load(data, *, allow_outside_root: bool, assign_split: bool, validation_frac
     return image_set
 
 
-def _check_arguments(backbone, dtype: str, batch_size: int, image_timeout) -> None:
+def _check_arguments(backbone, dtype: str, batch_size: int | str, image_timeout) -> None:
     if not isinstance(backbone, Backbone):
         get_spec(backbone)
     if dtype not in FEATURE_DTYPES:
         raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)
     pipeline.check_image_timeout(image_timeout)
 
 
@@ -193,7 +193,7 @@ def extract_shard(
     image_size: int | tuple[int, int] | None = None,
     pooling: str = "avg",
     layer: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | str = "auto",
     dtype: str = "float32",
     workers: int | None = None,
     device: str = "auto",
@@ -497,7 +497,7 @@ def extract_distributed(
     image_size: int | tuple[int, int] | None = None,
     pooling: str = "avg",
     layer: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | str = "auto",
     dtype: str = "float32",
     workers: int | None = None,
     device: str = "auto",

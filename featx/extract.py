@@ -17,7 +17,7 @@ from featx.backbones import DEFAULT_BACKBONE, Backbone, fingerprint_id, get_spec
 from featx.decode import DEFAULT_MAX_PIXELS
 from featx.runtime import resolve_device, versions
 from featx.sources import ImageSet, Item, assign_splits, display_path, load_source
-from featx.oom import BackoffPredictor
+from featx.oom import BackoffPredictor, auto_batch_size, check_batch_size
 from featx.store import FEATURE_DTYPES, FeatureStore, Rows, Skips, StoreWriter, crash_point
 
 log = logging.getLogger("featx")
@@ -59,8 +59,8 @@ class ExtractSummary:
             + ("  [RANDOM WEIGHTS]" if self.random_weights else ""),
             f"images     {self.n_images} in the set: {self.n_extracted} extracted, {self.n_cached} already "
             f"cached, {self.n_reused} reused by content, {self.n_skipped} skipped",
-            f"speed      {self.images_per_second:.1f} images/s while extracting; {self.seconds:.1f} s in all "
-            "(model build and store merge included)",
+            f"speed      {self.images_per_second:.1f} images/s while extracting, batch {self.batch_size}; "
+            f"{self.seconds:.1f} s in all (model build and store merge included)",
         ]
         if self.skipped_by_kind:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped_by_kind.items()))
@@ -121,7 +121,7 @@ def extract(
     image_size: int | tuple[int, int] | None = None,
     pooling: str = "avg",
     layer: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | str = "auto",
     dtype: str = "float32",
     workers: int | None = None,
     device: str = "auto",
@@ -156,8 +156,7 @@ def extract(
         get_spec(backbone)
     if dtype not in FEATURE_DTYPES:
         raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)
     pipeline.check_image_timeout(image_timeout)
     image_set = data if isinstance(data, ImageSet) else load_source(data, allow_outside_root=allow_outside_root)
     if assign_split:
@@ -169,6 +168,9 @@ def extract(
     )
     crash_point("model-built")  # test-only kill -9 hook (FEATX_TEST_CRASH_AT)
     used_device = resolve_device(device)
+    if batch_size == "auto":
+        batch_size, why = auto_batch_size(bb.inference_model, used_device)
+        log.info("%s", why)
     fid = fingerprint_id(bb.fingerprint)
     summary = ExtractSummary(str(store), bb.spec.name, fid, bb.random_weights, used_device,
                              n_images=len(image_set.items), ignored=list(image_set.ignored))

@@ -1,4 +1,7 @@
-"""Out-of-memory back-off around the model call: halve the batch and go on, saying so.
+"""Memory and the model call: a batch size chosen from the free memory, and out-of-memory back-off.
+
+:func:`auto_batch_size` (``--batch-size auto``) picks the largest power-of-two batch whose estimated
+activations fit a share of the free memory of the device that computes, within a cap.
 
 A batch size that fits one machine can exhaust another's GPU (or host) memory. Rather than fail a long
 extraction, :class:`BackoffPredictor` catches the backend's out-of-memory error, halves the batch it
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import subprocess
 from typing import Callable
 
 import numpy as np
@@ -97,3 +102,96 @@ class BackoffPredictor:
                 log.warning("out of memory at batch %d, retrying with %d", size, new)
                 self.backoffs.append((size, new))
                 self.batch_size = new
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing the batch size from the memory there is
+
+#: Largest automatic batch: on a CPU bigger batches stop paying off around 64 images (and cost
+#: host memory); a GPU keeps gaining up to a few hundred (H200: 256 reached the model's peak rate).
+AUTO_BATCH_CAP = {"cpu": 64, "gpu": 512}
+#: Share of the free memory the activations may plan to use: the rest is headroom for the backend's
+#: own workspace, the decode window and other processes. A wrong guess costs one back-off, not a run.
+AUTO_MEMORY_SHARE = {"cpu": 0.25, "gpu": 0.5}
+
+
+def activation_bytes_per_image(model) -> int:
+    """A generous estimate of the memory one image needs while ``model`` runs: three float32 copies
+    of its largest activation (input, output and a workspace of the widest layer)."""
+    widest = 0
+    for layer in model._flatten_layers(include_self=False):
+        try:
+            outputs = layer.output
+        except (AttributeError, ValueError):  # a layer used twice has no single output
+            continue
+        for out in outputs if isinstance(outputs, (list, tuple)) else [outputs]:
+            shape = getattr(out, "shape", None)
+            if shape is not None and len(shape) > 1 and all(d is not None for d in shape[1:]):
+                widest = max(widest, int(np.prod(shape[1:])))
+    return 3 * 4 * max(widest, 1)
+
+
+def free_memory_bytes(device: str) -> tuple[int | None, str]:
+    """Free memory of the device that computes (bytes, where the number came from); None if unknown."""
+    if device == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "sysconf"
+        except (ValueError, OSError, AttributeError):
+            return None, "unknown"
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        stats = jax.local_devices()[0].memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), "JAX memory_stats"
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info(0)[0]), "torch.cuda.mem_get_info"
+    try:  # TensorFlow exposes no total; the driver's tool does
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, timeout=20)
+        if out.returncode == 0 and out.stdout.strip():
+            return int(float(out.stdout.split()[0]) * 2**20), "nvidia-smi"
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+    return None, "unknown"
+
+
+def auto_batch_size(model, device: str) -> tuple[int, str]:
+    """A batch size for ``model`` on ``device`` ("cpu" or "gpu") from the free memory: the largest
+    power of two whose estimated activations fit the planned share, capped (AUTO_BATCH_CAP).
+    Returns (size, a sentence saying why). Out-of-memory back-off (BackoffPredictor) covers an
+    estimate that turns out too generous."""
+    if device not in AUTO_BATCH_CAP:
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    cap = AUTO_BATCH_CAP[device]
+    per_image = activation_bytes_per_image(model)
+    free, source = free_memory_bytes(device)
+    if free is None:
+        size = min(cap, 32)
+        return size, f"batch size {size}: free {device} memory unknown (~{per_image / 2**20:.0f} MiB per image)"
+    budget = free * AUTO_MEMORY_SHARE[device]
+    fits = int(budget // per_image)
+    size = 1 << max(0, min(fits, cap).bit_length() - 1)  # largest power of two <= min(fits, cap)
+    return size, (f"batch size {size}: {free / 2**30:.1f} GiB free ({source}), ~{per_image / 2**20:.0f} MiB "
+                  f"per image, planned share {AUTO_MEMORY_SHARE[device]:.0%}, cap {cap}")
+
+
+def check_batch_size(batch_size) -> None:
+    """A batch size is a positive int, or "auto" (chosen from the free memory)."""
+    if batch_size == "auto":
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch size must be a positive integer or 'auto', got {batch_size!r}")

@@ -106,6 +106,8 @@ def test_exit_codes_and_messages(tmp_path, monkeypatch):
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = run_cli("extract", str(tmp_path), "--store", str(tmp_path / "s.h5"), "--backbone", "alexnet")
     assert r.returncode == 2 and "unknown backbone" in r.stderr
+    r = run_cli("extract", str(tmp_path), "--store", str(tmp_path / "s.h5"), "--batch-size", "0")
+    assert r.returncode == 2 and "must be a positive integer or auto, got '0'" in r.stderr
     data = make_flower_set(tmp_path / "d", classes=("daisy",), n=2)
     r = run_cli("extract", str(data), "--store", str(tmp_path / "s.h5"), "--backbone", "resnet50",
                 env={"KERAS_HOME": str(tmp_path / "kh")})

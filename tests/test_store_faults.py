@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_flower_set, run_cli
+from conftest import TEST_SIZE, make_flower_set, run_cli
 from featx.extract import extract
 from featx.oom import OutOfMemory, is_out_of_memory
 from featx.store import FeatureStore, StoreFull, StoreWriter
@@ -167,8 +167,10 @@ def _jax_oom(n: int) -> Exception:
     return JaxRuntimeError(f"RESOURCE_EXHAUSTED: Out of memory while trying to allocate {n * 73728} bytes.")
 
 
-class OutOfMemoryError(RuntimeError):
-    """Stands in for torch.OutOfMemoryError (torch is not installed here); detected by name."""
+def _torch_oom(n: int) -> Exception:
+    import torch
+
+    return torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {n * 73728} bytes")
 
 
 def _wrapped(n: int) -> Exception:
@@ -182,7 +184,7 @@ def _wrapped(n: int) -> Exception:
 
 
 @pytest.mark.parametrize("make", [
-    _tf_oom, _jax_oom, lambda n: OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"),
+    _tf_oom, _jax_oom, _torch_oom,
     lambda n: RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB"), lambda n: MemoryError(), _wrapped,
 ], ids=["tensorflow", "jax", "torch", "torch-old", "host", "wrapped-by-keras"])
 def test_out_of_memory_errors_are_recognised(make):
@@ -258,3 +260,37 @@ def test_other_model_errors_are_not_retried(tmp_path, backbone, monkeypatch):
     assert calls == [4]
     with FeatureStore(tmp_path / "s.h5") as fs:
         assert len(fs) == 0
+
+
+# -- batch size from the free memory ---------------------------------------------------------------------
+def test_auto_batch_size_follows_the_free_memory(backbone, monkeypatch):
+    from featx import oom
+
+    model = backbone.inference_model
+    per_image = oom.activation_bytes_per_image(model)
+    # MobileNet-0.25's widest activation: block 2's zero-padded input, (side / 2 + 1)^2 x 16 channels
+    assert per_image == 3 * 4 * (TEST_SIZE // 2 + 1) ** 2 * 16
+    size, why = oom.auto_batch_size(model, "cpu")  # this machine has GiBs free: the CPU cap
+    assert size == 64 and "GiB free (MemAvailable" in why
+    for free, expected in [(per_image * 4 * 10, 8), (per_image * 4 * 1, 1), (per_image, 1), (10 ** 15, 64)]:
+        monkeypatch.setattr(oom, "free_memory_bytes", lambda device, free=free: (free, "test"))
+        assert oom.auto_batch_size(model, "cpu")[0] == expected
+    monkeypatch.setattr(oom, "free_memory_bytes", lambda device: (None, "unknown"))
+    assert oom.auto_batch_size(model, "cpu") == (32, oom.auto_batch_size(model, "cpu")[1])
+    assert "unknown" in oom.auto_batch_size(model, "cpu")[1]
+    with pytest.raises(ValueError, match="'cpu' or 'gpu'"):
+        oom.auto_batch_size(model, "tpu")
+
+
+def test_extract_defaults_to_an_automatic_batch_and_records_it(tmp_path, backbone, caplog):
+    data = make_flower_set(tmp_path / "flowers", classes=CLASSES, n=8)
+    extract(data, tmp_path / "clean.h5", backbone=backbone, batch_size=8, progress=False)
+    with caplog.at_level(logging.INFO, logger="featx"):
+        summary = extract(data, tmp_path / "s.h5", backbone=backbone, progress=False)
+    assert summary.batch_size == 64 and summary.n_extracted == len(relpaths(data))
+    assert "batch size 64:" in caplog.text and "cap 64" in caplog.text
+    # one padded batch of 64 gives the same features as batches of 8
+    assert_complete(tmp_path / "s.h5", relpaths(data), features_by_path(tmp_path / "clean.h5"))
+    for bad in (0, -1, "big", 2.5, True):
+        with pytest.raises(ValueError, match="positive integer or 'auto'"):
+            extract(data, tmp_path / "t.h5", backbone=backbone, batch_size=bad, progress=False)
