@@ -363,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=["avg", "max"], default="avg")
     p.add_argument("--layer", default=None, help="take features from this named layer instead")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding threads (default: one per core, up to two per core while the model waits)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="gpu fails unless a GPU is usable; auto uses one when present")
     p.add_argument("--validation-fraction", type=float, default=0.2,

@@ -448,6 +448,26 @@ def test_fn_errors_still_propagate_and_none_items_are_mapped():
     assert list(pipeline_mod.ordered_map(lambda x: x, [None, 1, None], workers=2, window=2)) == [None, 1, None]
 
 
+def test_decode_threads_grow_only_while_the_consumer_waits_for_them():
+    def threads_used(work_seconds: float, consume_seconds: float) -> set[str]:
+        names: set[str] = set()
+
+        def work(x):
+            names.add(threading.current_thread().name)
+            time.sleep(work_seconds)  # releases the GIL, as Pillow's decoder does
+            return x
+
+        out = []
+        for x in pipeline_mod.ordered_map(work, range(400), workers=2, window=8, max_workers=6):
+            time.sleep(consume_seconds)
+            out.append(x)
+        assert out == list(range(400))  # order kept while the pool grows
+        return names
+
+    assert len(threads_used(0.004, 0.0)) == 6  # slow work, instant consumer: up to max_workers
+    assert len(threads_used(0.0, 0.002)) == 2  # fast work, slow consumer: no extra thread
+
+
 def test_image_timeout_is_validated(flower_set, tmp_path, backbone):
     for bad in (0, -1, float("nan"), "60", True):
         with pytest.raises(ValueError, match="image_timeout"):
