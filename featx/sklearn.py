@@ -20,6 +20,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from featx.backbones import DEFAULT_BACKBONE, POOLINGS, Backbone, fingerprint_id, get_spec, resolve_weights
+from featx.oom import auto_batch_size, check_batch_size
 from featx.store import FEATURE_DTYPES
 
 ON_ERROR = ("raise", "nan")
@@ -92,7 +93,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     pooling : {"avg", "max"}, default="avg"
     layer : str, optional
         Take features from this named layer instead of the last conv block.
-    batch_size : int, default=32
+    batch_size : int or "auto", default=32
+        Images per model call; "auto" picks it from the free memory (see ``featx.oom.auto_batch_size``).
     dtype : {"float32", "float16"}, default="float32"
         dtype of the cache's features (the output is float32 either way).
     cache : path, optional
@@ -151,8 +153,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return tags
 
     def __getstate__(self) -> dict:
-        # never pickle a Keras model: it is rebuilt (once per process) on first use
-        return {k: v for k, v in self.__dict__.items() if k != "_backbone"}
+        # never pickle a Keras model: it is rebuilt (once per process) on first use; nor a batch size
+        # chosen from this machine's free memory
+        return {k: v for k, v in self.__dict__.items() if k not in ("_backbone", "_auto_batch_size")}
 
     def fit(self, X: Any = None, y: Any = None) -> "FeatureExtractor":
         """Validate the parameters (cheap: no model is built unless `layer` needs it)."""
@@ -163,8 +166,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         if self.dtype not in FEATURE_DTYPES:
             raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, got {self.dtype!r}")
-        if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        check_batch_size(self.batch_size)
         resolve_weights(spec, self.weights)  # fails now if the weights cannot be had offline
         if X is not None:
             _, _, columns = _as_paths(X)
@@ -195,6 +197,16 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             bb = self._backbone = _shared_backbone(key)
         return bb
 
+    def _batch_size(self, bb: Backbone) -> int:
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        size = self.__dict__.get("_auto_batch_size")
+        if size is None:
+            from featx.runtime import resolve_device
+
+            size = self._auto_batch_size = auto_batch_size(bb.inference_model, resolve_device("auto"))[0]
+        return size
+
     def transform(self, X: Any) -> np.ndarray:
         """Features (N, D) float32, rows in input order."""
         check_is_fitted(self, "n_features_out_")
@@ -212,7 +224,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         else:
             from featx.extract import extract_features
 
-            out = extract_features(paths, bb, batch_size=self.batch_size, workers=self.workers)
+            out = extract_features(paths, bb, batch_size=self._batch_size(bb), workers=self.workers)
             features, skipped = out.features, out.skipped
         self.skipped_ = skipped
         if skipped and self.on_error == "raise":
@@ -224,11 +236,12 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         from featx.oom import BackoffPredictor
 
         pixels = decode_array(images, bb.image_size)
-        predict = BackoffPredictor(bb.predict, self.batch_size)  # halves the batch on out-of-memory, says so
+        batch_size = self._batch_size(bb)
+        predict = BackoffPredictor(bb.predict, batch_size)  # halves the batch on out-of-memory, says so
         out = np.empty((len(pixels), bb.feature_dim), np.float32)
-        batch = np.zeros((self.batch_size, *bb.image_size, 3), np.uint8)
-        for start in range(0, len(pixels), self.batch_size):
-            block = pixels[start:start + self.batch_size]
+        batch = np.zeros((batch_size, *bb.image_size, 3), np.uint8)
+        for start in range(0, len(pixels), batch_size):
+            block = pixels[start:start + batch_size]
             batch[:len(block)] = block
             batch[len(block):] = 0  # fixed batch shape: a compiled model never retraces
             out[start:start + len(block)] = predict(batch)[:len(block)]
@@ -276,7 +289,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         # the CNN twice even when grid-search folds run in parallel.
         todo = sorted({os.path.abspath(p) for p, h in zip(paths, hashes) if h not in known})
         summary = extract(ImageSet([Item(p, display_path(p), None, None) for p in todo], None, "paths", []), store_path,
-                          backbone=bb, dtype=self.dtype, batch_size=self.batch_size, workers=self.workers,
+                          backbone=bb, dtype=self.dtype, batch_size=self._batch_size(bb), workers=self.workers,
                           progress=False, assign_split=False, lock_timeout=None)
         with FeatureStore(store_path) as fs:
             return _gather(fs, bb, paths, hashes, {s["path"]: s for s in summary.skipped})

@@ -96,6 +96,17 @@ def test_fit_is_cheap_and_returns_self(photos):
         fx(on_error="ignore").fit()
     with pytest.raises(ValueError, match="unknown backbone"):
         FeatureExtractor(backbone="nope").fit()
+    with pytest.raises(ValueError, match="positive integer or 'auto'"):
+        fx(batch_size=0).fit()
+
+
+def test_auto_batch_size_gives_the_same_features_and_is_not_pickled(photos):
+    ref = fx().fit().transform(photos)
+    est = fx(batch_size="auto").fit()
+    np.testing.assert_allclose(est.transform(photos), ref, rtol=1e-5, atol=1e-6)
+    assert est._auto_batch_size == 64  # this machine's CPU cap, chosen from its free memory
+    copy = pickle.loads(pickle.dumps(est))
+    assert "_auto_batch_size" not in copy.__dict__ and copy.get_params()["batch_size"] == "auto"
 
 
 def test_rows_follow_input_order_and_subsets(photos):
