@@ -168,9 +168,6 @@ def extract(
     )
     crash_point("model-built")  # test-only kill -9 hook (FEATX_TEST_CRASH_AT)
     used_device = resolve_device(device)
-    if batch_size == "auto":
-        batch_size, why = auto_batch_size(bb.inference_model, used_device)
-        log.info("%s", why)
     fid = fingerprint_id(bb.fingerprint)
     summary = ExtractSummary(str(store), bb.spec.name, fid, bb.random_weights, used_device,
                              n_images=len(image_set.items), ignored=list(image_set.ignored))
@@ -196,6 +193,9 @@ def extract(
                 todo.append(item)
         if summary.n_cached:
             log.info("resuming: %d of %d images already in %s", summary.n_cached, len(image_set.items), store)
+        if batch_size == "auto":
+            batch_size, why = auto_batch_size(bb.inference_model, used_device, n_images=len(todo))
+            log.info("%s", why)
         bar = _progress_bar(len(todo), progress)
         model_seconds = 0.0
         pipeline_started = time.perf_counter()

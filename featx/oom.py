@@ -169,14 +169,17 @@ def free_memory_bytes(device: str) -> tuple[int | None, str]:
     return None, "unknown"
 
 
-def auto_batch_size(model, device: str) -> tuple[int, str]:
+def auto_batch_size(model, device: str, n_images: int | None = None) -> tuple[int, str]:
     """A batch size for ``model`` on ``device`` ("cpu" or "gpu") from the free memory: the largest
-    power of two whose estimated activations fit the planned share, capped (AUTO_BATCH_CAP).
-    Returns (size, a sentence saying why). Out-of-memory back-off (BackoffPredictor) covers an
-    estimate that turns out too generous."""
+    power of two whose estimated activations fit the planned share, capped (AUTO_BATCH_CAP) and, for
+    a run of ``n_images``, no larger than the power of two that holds them all (the last batch is
+    padded: 5 images should not cost a batch of 64). Returns (size, a sentence saying why).
+    Out-of-memory back-off (BackoffPredictor) covers an estimate that turns out too generous."""
     if device not in AUTO_BATCH_CAP:
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
     cap = AUTO_BATCH_CAP[device]
+    if n_images is not None:
+        cap = min(cap, 1 << (max(1, n_images) - 1).bit_length())
     per_image = activation_bytes_per_image(model)
     free, source = free_memory_bytes(device)
     if free is None:

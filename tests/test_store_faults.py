@@ -280,6 +280,8 @@ def test_auto_batch_size_follows_the_free_memory(backbone, monkeypatch):
     assert "unknown" in oom.auto_batch_size(model, "cpu")[1]
     with pytest.raises(ValueError, match="'cpu' or 'gpu'"):
         oom.auto_batch_size(model, "tpu")
+    monkeypatch.setattr(oom, "free_memory_bytes", lambda device: (10 ** 15, "test"))
+    assert [oom.auto_batch_size(model, "gpu", n_images=n)[0] for n in (0, 1, 5, 300, 10 ** 6)] == [1, 1, 8, 512, 512]
 
 
 def test_extract_defaults_to_an_automatic_batch_and_records_it(tmp_path, backbone, caplog):
@@ -287,8 +289,9 @@ def test_extract_defaults_to_an_automatic_batch_and_records_it(tmp_path, backbon
     extract(data, tmp_path / "clean.h5", backbone=backbone, batch_size=8, progress=False)
     with caplog.at_level(logging.INFO, logger="featx"):
         summary = extract(data, tmp_path / "s.h5", backbone=backbone, progress=False)
-    assert summary.batch_size == 64 and summary.n_extracted == len(relpaths(data))
-    assert "batch size 64:" in caplog.text and "cap 64" in caplog.text
+    n = len(relpaths(data))  # 24: the CPU cap of 64 shrinks to 32, the power of two that holds them
+    assert summary.batch_size == 32 and summary.n_extracted == n
+    assert "batch size 32:" in caplog.text and "cap 32" in caplog.text
     # one padded batch of 64 gives the same features as batches of 8
     assert_complete(tmp_path / "s.h5", relpaths(data), features_by_path(tmp_path / "clean.h5"))
     for bad in (0, -1, "big", 2.5, True):
