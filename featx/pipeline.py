@@ -185,10 +185,10 @@ def ordered_map(
 
     With `max_workers` > `workers`, a thread is added (up to `max_workers`) whenever the consumer
     spent more than a quarter of the time of the last GROW_EVERY results waiting for them: the work
-    is then what holds the consumer up. More threads than cores pay off when `fn` holds the GIL part of the time (Pillow
-    parses headers and steps its decoder in Python): on 2 cores, 2000x1500 JPEGs went 115 -> 140
-    images/s end to end with 4 threads. When the consumer is the slow side (a slow model), its
-    results are always ready, nothing grows, and no extra thread competes with the model.
+    is then what holds the consumer up. More threads than cores pay off when `fn` holds the GIL part
+    of the time (Pillow parses headers and steps its decoder in Python): on 2 cores, 2000x1500 JPEGs
+    went 115 -> 140 images/s end to end with 4 threads. When the consumer is the slow side (a slow
+    model), its results are always ready, nothing grows, and no thread competes with the model.
 
     With `timeout` (seconds, counted from when a worker starts on the item), an item still running
     after it yields `on_timeout(item)` instead and its thread is abandoned; more than `max_stuck`
