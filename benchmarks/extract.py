@@ -7,9 +7,11 @@
 (c) featx end to end: `featx.extract` into a fresh store
 (d) keras.utils.image_dataset_from_directory + preprocess_input + predict  (TensorFlow backend only)
 (e) legacy ImageDataGenerator(preprocessing_function=preprocess_input).flow_from_directory + predict
-(d) and (e) use the stock keras.applications network with the same weights, as Keras users do; all
-five run in one process, so they share TensorFlow's settings (featx turns oneDNN on at import; run
-with TF_ENABLE_ONEDNN_OPTS=0 to measure everything with TensorFlow's default kernels instead).
+(d) and (e) use the stock keras.applications network with the same weights, as Keras users do
+(benchmarks/keras_ways.py). They run twice: in this process, so they share featx's TensorFlow settings
+(featx turns oneDNN on at import), and in a fresh process that never imports featx, which is how
+users run them today ("TF defaults"; --no-fresh skips it). With TF_ENABLE_ONEDNN_OPTS=0 everything
+runs on TensorFlow's default kernels.
 
 Prints images/s for each and the ratios c/d, c/e, c/min(a, b); writes everything to --json.
 DATA is a folder of class folders; the first N image files (sorted) are used.
@@ -30,7 +32,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+_user_onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
 import featx  # noqa: E402,F401  (before TensorFlow loads: featx picks its CPU kernels at import)
+import keras_ways  # noqa: E402  (this folder's module: (d) and (e), the Keras ways)
+
+# What featx set at import (None when the user had set it): the fresh-process (d) and (e) runs
+# get the user's environment back, without it.
+featx_onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS") if _user_onednn is None else None
 
 
 def pick_files(data: str, n: int) -> list[tuple[str, str]]:
@@ -91,45 +99,39 @@ def bench_featx(files, backbone, batch_size, workers, store: Path) -> tuple[floa
                                         "loop_images_per_second": summary.images_per_second}
 
 
-def stock_keras(backbone, batch_size):
-    """What Keras users write today: the stock keras.applications network (pooling="avg", the
-    same weights as featx's) and its module's own ``preprocess_input`` on float pixels. Traced on
-    one batch before any timing, as featx's model is."""
-    import importlib
-
+def stock_keras_in_process(backbone, batch_size):
+    """(d) and (e)'s stock network in this process, with the same weights as featx's."""
     import keras
 
-    constructor = getattr(keras.applications, backbone.spec.constructor)
-    model = constructor(include_top=False, weights=None, pooling="avg",
-                        input_shape=(*backbone.image_size, 3), **backbone.spec.kwargs)
     base = next(layer for layer in backbone.model.layers if isinstance(layer, keras.Model))
-    model.set_weights(base.get_weights())
-    model.predict(np.zeros((batch_size, *backbone.image_size, 3), np.float32), batch_size=batch_size, verbose=0)
-    return model, importlib.import_module(constructor.__module__).preprocess_input
+    return keras_ways.stock_keras(backbone.spec.constructor, backbone.spec.kwargs, backbone.image_size,
+                                  batch_size, base.get_weights())
 
 
-def bench_dataset_from_directory(tree, backbone, batch_size, stock) -> float:
+def keras_ways_fresh_process(backbone, batch_size, files, tmp: Path, only: str) -> dict:
+    """(d) and (e) as users run them: a fresh process that never imports featx (TensorFlow's own
+    defaults). The network gets featx's weights through a weights file."""
+    import subprocess
+
     import keras
-    import tensorflow as tf
 
-    model, preprocess_input = stock
-    ds = keras.utils.image_dataset_from_directory(tree, labels=None, image_size=backbone.image_size,
-                                                  batch_size=batch_size, shuffle=False, verbose=False)
-    ds = ds.map(preprocess_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    start = time.perf_counter()
-    n = len(model.predict(ds, verbose=0))
-    return n / (time.perf_counter() - start)
-
-
-def bench_image_data_generator(tree, backbone, batch_size, stock) -> float:
-    from keras.src.legacy.preprocessing.image import ImageDataGenerator
-
-    model, preprocess_input = stock
-    gen = ImageDataGenerator(preprocessing_function=preprocess_input).flow_from_directory(
-        tree, target_size=backbone.image_size, batch_size=batch_size, class_mode=None, shuffle=False)
-    start = time.perf_counter()
-    n = len(model.predict(gen, verbose=0))
-    return n / (time.perf_counter() - start)
+    weights = tmp / "stock.weights.h5"
+    if not weights.exists():
+        base = next(layer for layer in backbone.model.layers if isinstance(layer, keras.Model))
+        stock, _ = keras_ways.stock_keras(backbone.spec.constructor, backbone.spec.kwargs,
+                                          backbone.image_size, 1, base.get_weights())
+        stock.save_weights(weights)
+        # One full and one last-partial batch: the shapes the timed pass will meet.
+        n_warm = batch_size + len(files) % batch_size if len(files) > batch_size else len(files)
+        linked_tree(files[:n_warm], tmp / "warmup_tree")
+    spec = {"constructor": backbone.spec.constructor, "kwargs": backbone.spec.kwargs,
+            "image_size": list(backbone.image_size), "weights": str(weights), "batch_size": batch_size,
+            "tree": str(tmp / "tree"), "warmup_tree": str(tmp / "warmup_tree"), "only": only}
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS" or v != featx_onednn}
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("keras_ways.py")), str(tmp / "spec.json")],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -143,6 +145,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--only", default="abcde", help="subset of the measurements, e.g. 'abc'")
     ap.add_argument("--repeat", type=int, default=1, help="alternate c, d, e this many times; report medians")
+    ap.add_argument("--no-fresh", dest="fresh", action="store_false",
+                    help="skip (d) and (e) in a fresh process with TensorFlow's defaults (no featx import)")
     ap.add_argument("--json", default=None, help="append the result as one JSON line to this file")
     args = ap.parse_args(argv)
 
@@ -172,10 +176,10 @@ def main(argv=None) -> int:
             measure("a_decode", bench_decode, files, backbone.image_size, workers)
         if "b" in args.only:
             measure("b_model", bench_model, backbone, args.batch_size)
-        keras_ways = backend == "tensorflow" and ("d" in args.only or "e" in args.only)
-        if keras_ways:
+        run_keras_ways = backend == "tensorflow" and ("d" in args.only or "e" in args.only)
+        if run_keras_ways:
             tree = linked_tree(files, tmp / "tree")
-            stock = stock_keras(backbone, args.batch_size)
+            stock = stock_keras_in_process(backbone, args.batch_size)
         # One untimed pass of each first: Keras' predict traces again for a dataset's shapes (and the
         # last, partial batch), which costs seconds once; featx pads to one shape, but is warmed too.
         # Then c, d and e alternate, so a slow spell of a shared machine does not land on one of them.
@@ -186,10 +190,18 @@ def main(argv=None) -> int:
             if "c" in args.only:
                 rate, res["featx"] = bench_featx(files, backbone, args.batch_size, args.workers, tmp / f"bench{r}.h5")
                 samples.setdefault("c_featx", []).append(rate)
-            if keras_ways and "d" in args.only:
-                measure("d_dataset_from_directory", bench_dataset_from_directory, tree, backbone, args.batch_size, stock)
-            if keras_ways and "e" in args.only:
-                measure("e_image_data_generator", bench_image_data_generator, tree, backbone, args.batch_size, stock)
+            if run_keras_ways and "d" in args.only:
+                measure("d_dataset_from_directory", keras_ways.bench_dataset_from_directory, tree,
+                        backbone.image_size, args.batch_size, stock)
+            if run_keras_ways and "e" in args.only:
+                measure("e_image_data_generator", keras_ways.bench_image_data_generator, tree,
+                        backbone.image_size, args.batch_size, stock)
+            if run_keras_ways and args.fresh and r >= 0:  # a fresh process warms itself up
+                fresh = keras_ways_fresh_process(backbone, args.batch_size, files, tmp,
+                                                 "".join(k for k in "de" if k in args.only))
+                res["tf_defaults"] = {k: fresh.pop(k) for k in ("tf_enable_onednn_opts", "tensorflow")}
+                for k, v in fresh.items():
+                    samples.setdefault(f"{k}_tf_defaults", []).append(v)
     rates = {k: float(np.median(v)) for k, v in samples.items()}
     res["samples"] = samples
     ratios = {}
@@ -198,6 +210,9 @@ def main(argv=None) -> int:
             ratios["c/d"] = rates["c_featx"] / rates["d_dataset_from_directory"]
         if "e_image_data_generator" in rates:
             ratios["c/e"] = rates["c_featx"] / rates["e_image_data_generator"]
+        for k in "de":
+            if f"{k}_tf_defaults" in rates:
+                ratios[f"c/{k} (TF defaults)"] = rates["c_featx"] / rates[f"{k}_tf_defaults"]
         if "a_decode" in rates and "b_model" in rates:
             ratios["c/min(a,b)"] = rates["c_featx"] / min(rates["a_decode"], rates["b_model"])
     res.update(images_per_second=rates, ratios=ratios)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU check (about 5 minutes): for a machine with JAX, h5py, scikit-learn and Pillow
-# but no TensorFlow and no network. Keras wheels lie in $WHEELS (keras, namex, optree), real photos
+# but no TensorFlow and no network. Wheels lie in $WHEELS (keras, namex, optree, simplejpeg), real photos
 # in $DATA (class folders, e.g. a copy of flowers5). Results go to ${OUT:-/tmp}/gpu.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -24,9 +24,9 @@ import numpy as np
 
 #: Bump when anything that changes feature values for the same image and weights changes
 #: (decode, colour handling, resize, normalisation); it is part of every fingerprint.
-PREPROCESSING_VERSION = 1
+PREPROCESSING_VERSION = 2  # 2: JPEGs decode at M/8 DCT scales (simplejpeg), not only halves
 #: How pixels reach the model size (recorded in the fingerprint).
-RESIZE_METHOD = "pillow-bilinear-squash"
+RESIZE_METHOD = "jpeg-dct-eighths+pillow-bilinear-squash"
 POOLINGS = ("avg", "max")
 DEFAULT_BACKBONE = "efficientnetb0"
 VENDORED_DIR = Path(__file__).parent / "weights"

@@ -6,7 +6,7 @@ anywhere, so every file is treated as hostile: it may be missing, empty, an HTML
 mode. :func:`decode_file` never raises for any of these; it returns a :class:`Decoded` whose
 ``skip`` says what was wrong, in a sentence.
 
-It is deliberately light (numpy + Pillow only, no keras/tensorflow) because it runs in worker
+It is deliberately light (numpy, Pillow and simplejpeg only, no keras/tensorflow) because it runs in worker
 threads and spawned processes. It changes no global setting: it never sets
 ``ImageFile.LOAD_TRUNCATED_IMAGES``, never changes ``Image.MAX_IMAGE_PIXELS`` and never touches
 ``warnings`` filters, so many decodes can run side by side. (Pillow itself may still print
@@ -29,6 +29,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 
 import numpy as np
+import simplejpeg
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 __all__ = [
@@ -203,7 +204,7 @@ def open_rgb(
     """Decode image bytes fully into an upright mode-"RGB" image; raise DecodeError for bad data.
 
     ``draft_size`` is (height, width), like every size in featx: for JPEGs, decode at the most
-    reduced DCT scale (1/2, 1/4, 1/8) that keeps the image at least this large. EXIF orientation
+    reduced DCT scale (M/8, M = 1..8) that keeps the image at least this large. EXIF orientation
     is applied; every colour mode is converted properly (alpha onto ALPHA_BACKGROUND, 16-bit
     scaled, CMYK via its ICC profile). Multi-frame images give their first frame.
     """
@@ -244,6 +245,11 @@ def open_rgb(
             Skip("too_small", f"{fmt} is {width}\u00d7{height} pixels; it has no pixels to use")
         )
 
+    if draft_wh is not None and img.format in ("JPEG", "MPO") and img.mode in ("RGB", "L"):
+        rgb = _scaled_jpeg_rgb(data, img, draft_wh)
+        if rgb is not None:
+            return rgb
+
     try:
         img.seek(0)  # first frame of animated GIF/WebP/APNG and multi-page TIFF
         if draft_wh is not None and img.format in ("JPEG", "MPO"):
@@ -272,6 +278,28 @@ def open_rgb(
     except Exception as e:  # OSError (truncated), SyntaxError, ValueError, struct.error, ...
         raise DecodeError(_failure_skip(e, data, fmt)) from None
     return rgb
+
+
+def _scaled_jpeg_rgb(data: bytes, header: Image.Image, draft_wh: tuple[int, int]) -> Image.Image | None:
+    """Decode a YCbCr or greyscale JPEG with libjpeg-turbo at the smallest M/8 scale (M = 1..8)
+    that keeps both sides >= ``draft_wh``; None when libjpeg-turbo reports any problem.
+
+    Pillow's draft only offers 1/2, 1/4 and 1/8, so a 500x375 photo bound for 224x224 decodes at
+    full size and Pillow's (scalar) antialiased resize then does all the shrinking; at 5/8 the
+    inverse DCT itself low-passes and shrinks the image, and the resize left has ~2.4x less to do.
+    At the power-of-two scales the pixels are identical to Pillow's (same library, same islow
+    IDCT and fancy upsampling). None makes the caller decode with Pillow instead, whose errors
+    become featx's detailed skip reasons and which accepts the minor damage strict mode refuses.
+    """
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            data, colorspace="RGB", min_width=draft_wh[0], min_height=draft_wh[1], strict=True
+        )
+    except (ValueError, MemoryError):
+        return None
+    rgb = Image.fromarray(pixels)
+    method = _ORIENTATION_TRANSPOSE.get(_exif_orientation(header))
+    return rgb if method is None else rgb.transpose(method)
 
 
 def _exif_orientation(img: Image.Image) -> int:

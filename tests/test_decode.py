@@ -430,6 +430,46 @@ def test_draft_decode_of_large_jpeg_matches_full_decode(fdir):
     assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8
 
 
+def test_jpeg_decodes_at_eighths_scale_close_to_full_decode(tmp_path):
+    # A real photo as a 500x375 JPEG: Pillow's draft has only halves (1/2 gives 250x188 < 224),
+    # libjpeg-turbo's 5/8 gives 313x235 and leaves the resize far less to do.
+    from conftest import flower_files
+
+    photo = Image.open(flower_files("daisy", 1)[0]).convert("RGB").resize((500, 375), Image.Resampling.BICUBIC)
+    photo.save(tmp_path / "p.jpg", "JPEG", quality=90)
+    data = (tmp_path / "p.jpg").read_bytes()
+    assert open_rgb(data, draft_size=SIZE).size == (313, 235)
+    full = resize_rgb(open_rgb(data), SIZE).astype(int)
+    scaled = decode_file(tmp_path / "p.jpg", SIZE).pixels.astype(int)
+    diff = np.abs(full - scaled)
+    assert 0 < diff.mean() < 1.5 and np.percentile(diff, 99) <= 8
+
+
+def test_power_of_two_scales_give_pillows_pixels_exactly(fdir):
+    data = (fdir / "large.jpg").read_bytes()
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft("RGB", (224, 224))
+        pillow = np.asarray(im.convert("RGB"))
+    assert pillow.shape == (375, 500, 3)
+    assert np.array_equal(np.asarray(open_rgb(data, draft_size=SIZE)), pillow)
+
+
+def test_jpeg_that_libjpeg_turbo_strictly_refuses_still_decodes_through_pillow(fdir):
+    # Damaged entropy data: libjpeg-turbo only warns ("Corrupt JPEG data"), simplejpeg's strict
+    # mode refuses, and Pillow (which ignores libjpeg warnings) still gives the picture.
+    data = bytearray((fdir / "large.jpg").read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = b"\xff\xd9" * 32
+    data = bytes(data)
+    with pytest.raises(ValueError):
+        import simplejpeg
+
+        simplejpeg.decode_jpeg(data, min_width=224, min_height=224, strict=True)
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft("RGB", (224, 224))
+        pillow = np.asarray(im.convert("RGB"))
+    assert np.array_equal(np.asarray(open_rgb(data, draft_size=SIZE)), pillow)
+
+
 def test_draft_keeps_cmyk_and_grey_jpegs_correct():
     for img, expected in [
         (Image.new("CMYK", (800, 600), (255, 0, 0, 0)), (0, 255, 255)),

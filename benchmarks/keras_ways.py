@@ -1,0 +1,89 @@
+"""The Keras ways people extract features today: (d) and (e) of benchmarks/extract.py.
+
+    python benchmarks/keras_ways.py SPEC.json    # the fresh-process run extract.py starts
+
+This module never imports featx, so run as a script it measures (d) and (e) exactly as a Keras user
+gets them: a fresh Python process with TensorFlow's own defaults (featx turns oneDNN on at import;
+TensorFlow itself does so only on AVX-512-class CPUs). SPEC.json names the keras.applications
+constructor, its kwargs, the image size, a weights file, the class-folder tree, the batch size and
+which of "d", "e" to run; the images/s come back as one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+
+def stock_keras(constructor: str, kwargs: dict, image_size, batch_size: int, weights=None):
+    """What Keras users write: the stock keras.applications network (pooling="avg") with its
+    module's own ``preprocess_input`` on float pixels. ``weights`` is a list of arrays or a
+    ``.weights.h5`` file. Traced on one batch before any timing."""
+    import keras
+
+    build = getattr(keras.applications, constructor)
+    model = build(include_top=False, weights=None, pooling="avg", input_shape=(*image_size, 3), **kwargs)
+    if isinstance(weights, (str, os.PathLike)):
+        model.load_weights(weights)
+    elif weights is not None:
+        model.set_weights(weights)
+    model.predict(np.zeros((batch_size, *image_size, 3), np.float32), batch_size=batch_size, verbose=0)
+    return model, importlib.import_module(build.__module__).preprocess_input
+
+
+def bench_dataset_from_directory(tree, image_size, batch_size, stock) -> float:
+    """(d) keras.utils.image_dataset_from_directory + preprocess_input + predict."""
+    import keras
+    import tensorflow as tf
+
+    model, preprocess_input = stock
+    ds = keras.utils.image_dataset_from_directory(tree, labels=None, image_size=tuple(image_size),
+                                                  batch_size=batch_size, shuffle=False, verbose=False)
+    ds = ds.map(preprocess_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    start = time.perf_counter()
+    n = len(model.predict(ds, verbose=0))
+    return n / (time.perf_counter() - start)
+
+
+def bench_image_data_generator(tree, image_size, batch_size, stock) -> float:
+    """(e) the legacy ImageDataGenerator(preprocessing_function=...).flow_from_directory + predict."""
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+    model, preprocess_input = stock
+    gen = ImageDataGenerator(preprocessing_function=preprocess_input).flow_from_directory(
+        tree, target_size=tuple(image_size), batch_size=batch_size, class_mode=None, shuffle=False)
+    start = time.perf_counter()
+    n = len(model.predict(gen, verbose=0))
+    return n / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    (spec_path,) = argv if argv is not None else sys.argv[1:]
+    with open(spec_path) as f:
+        spec = json.load(f)
+    if "featx" in sys.modules:
+        raise RuntimeError("this run must not import featx: it measures TensorFlow's own defaults")
+    stock = stock_keras(spec["constructor"], spec["kwargs"], spec["image_size"], spec["batch_size"],
+                        spec["weights"])
+    ways = {"d": bench_dataset_from_directory, "e": bench_image_data_generator}
+    # The warm-up tree holds one full and one last-partial batch: Keras' predict traces once per
+    # dataset shape, which would otherwise land in the timed pass.
+    for tree in (spec["warmup_tree"], spec["tree"]):
+        rates = {key: ways[key](tree, spec["image_size"], spec["batch_size"], stock) for key in spec["only"]}
+    import tensorflow as tf
+
+    rates["tf_enable_onednn_opts"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    rates["tensorflow"] = tf.__version__
+    print(json.dumps(rates))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
