@@ -108,19 +108,14 @@ def stock_keras_in_process(backbone, batch_size):
                                   batch_size, base.get_weights())
 
 
-def keras_ways_fresh_process(backbone, batch_size, files, tmp: Path, only: str) -> dict:
+def keras_ways_fresh_process(backbone, stock_model, batch_size, files, tmp: Path, only: str) -> dict:
     """(d) and (e) as users run them: a fresh process that never imports featx (TensorFlow's own
-    defaults). The network gets featx's weights through a weights file."""
+    defaults). The stock network gets the in-process one's weights through a weights file."""
     import subprocess
-
-    import keras
 
     weights = tmp / "stock.weights.h5"
     if not weights.exists():
-        base = next(layer for layer in backbone.model.layers if isinstance(layer, keras.Model))
-        stock, _ = keras_ways.stock_keras(backbone.spec.constructor, backbone.spec.kwargs,
-                                          backbone.image_size, 1, base.get_weights())
-        stock.save_weights(weights)
+        stock_model.save_weights(weights)
         # One full and one last-partial batch: the shapes the timed pass will meet.
         n_warm = batch_size + len(files) % batch_size if len(files) > batch_size else len(files)
         linked_tree(files[:n_warm], tmp / "warmup_tree")
@@ -129,9 +124,11 @@ def keras_ways_fresh_process(backbone, batch_size, files, tmp: Path, only: str) 
             "tree": str(tmp / "tree"), "warmup_tree": str(tmp / "warmup_tree"), "only": only}
     (tmp / "spec.json").write_text(json.dumps(spec))
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS" or v != featx_onednn}
-    out = subprocess.run([sys.executable, str(Path(__file__).with_name("keras_ways.py")), str(tmp / "spec.json")],
-                         env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("keras_ways.py")), str(tmp / "spec.json")],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"keras_ways.py failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -197,7 +194,7 @@ def main(argv=None) -> int:
                 measure("e_image_data_generator", keras_ways.bench_image_data_generator, tree,
                         backbone.image_size, args.batch_size, stock)
             if run_keras_ways and args.fresh and r >= 0:  # a fresh process warms itself up
-                fresh = keras_ways_fresh_process(backbone, args.batch_size, files, tmp,
+                fresh = keras_ways_fresh_process(backbone, stock[0], args.batch_size, files, tmp,
                                                  "".join(k for k in "de" if k in args.only))
                 res["tf_defaults"] = {k: fresh.pop(k) for k in ("tf_enable_onednn_opts", "tensorflow")}
                 for k, v in fresh.items():
