@@ -24,7 +24,9 @@ import numpy as np
 
 #: Bump when anything that changes feature values for the same image and weights changes
 #: (decode, colour handling, resize, normalisation); it is part of every fingerprint.
-PREPROCESSING_VERSION = 2  # 2: JPEGs decode at M/8 DCT scales (simplejpeg), not only halves
+# 2: JPEGs decode at M/8 DCT scales (simplejpeg), not only halves.
+# 3: EfficientNet (v1) inference models normalise with the loaded statistics (and ImageNet's std fix).
+PREPROCESSING_VERSION = 3
 #: How pixels reach the model size (recorded in the fingerprint).
 RESIZE_METHOD = "jpeg-dct-eighths+pillow-bilinear-squash"
 POOLINGS = ("avg", "max")
@@ -344,6 +346,9 @@ class Backbone:
                     f"weights file {source.path} does not fit backbone {spec.name!r} "
                     f"({type(exc).__name__}: {exc})"
                 ) from exc
+        stddev_fix = source.kind != "none" and _needs_imagenet_stddev_fix(spec, base)
+        if stddev_fix:
+            base = _with_imagenet_stddev_fix(base)
         base.trainable = False
 
         if layer is not None:
@@ -377,7 +382,58 @@ class Backbone:
             "resize": RESIZE_METHOD,
             "preprocessing_version": PREPROCESSING_VERSION,
         }
+        if stddev_fix:  # only where it applies, so other backbones' stores stay valid
+            fingerprint["normalization_fix"] = "imagenet-stddev"
         return cls(spec, model, fingerprint, source, pooling=pooling)
+
+
+#: The ImageNet standard deviations (RGB) that keras.applications' EfficientNet (B0-B7) weight
+#: release stores as its Normalization layer's *variance* (tensorflow/tensorflow#49930).
+IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+
+
+def _needs_imagenet_stddev_fix(spec: BackboneSpec, base) -> bool:
+    """True for an EfficientNet (v1) whose loaded Normalization holds the release's std-as-variance.
+
+    That layer then divides by sqrt(std) only. keras.applications corrects it with a
+    Rescaling(1 / sqrt(std)) after the layer, but only when built with ``weights="imagenet"``;
+    featx builds with ``weights=None`` and loads the file itself, so it must add the same layer or
+    its features would not be the network's (inputs scaled about 2x too small). Decided from the
+    loaded values, so the same file given as a path gets the same network as ``"imagenet"``.
+    """
+    import keras
+
+    if not spec.constructor.startswith("EfficientNetB"):
+        return False
+    norms = [layer for layer in base.layers if type(layer) is keras.layers.Normalization]
+    if len(norms) != 1:
+        return False
+    variance = np.asarray(keras.ops.convert_to_numpy(norms[0].variance), np.float64).reshape(-1)
+    return variance.shape == (3,) and bool(np.allclose(variance, IMAGENET_STDDEV_RGB, rtol=1e-6, atol=0.0))
+
+
+def _with_imagenet_stddev_fix(base):
+    """A copy of ``base`` with keras.applications' Rescaling(1 / sqrt(std)) after its
+    Normalization layer, weights copied (see _needs_imagenet_stddev_fix)."""
+    import math
+
+    import keras
+
+    rescale = keras.layers.Rescaling([1.0 / math.sqrt(s) for s in IMAGENET_STDDEV_RGB],
+                                     name="imagenet_stddev_rescaling")
+
+    def call_layer(layer, *args, **kwargs):
+        out = layer(*args, **kwargs)
+        return rescale(out) if type(layer) is keras.layers.Normalization else out
+
+    from featx.fold import set_weights_and_state
+
+    fixed = keras.models.clone_model(base, call_function=call_layer)
+    new_layers = {layer.name: layer for layer in fixed.layers}
+    for layer in base.layers:
+        if layer.weights:
+            set_weights_and_state(new_layers[layer.name], layer.get_weights())
+    return fixed
 
 
 def _assemble(spec: BackboneSpec, size: tuple[int, int], base, pooling: str, *, fused_input: bool = False):

@@ -16,7 +16,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fold_batchnorm"]
+__all__ = ["fold_batchnorm", "set_weights_and_state"]
+
+
+def set_weights_and_state(layer, weights: list) -> None:
+    """``layer.set_weights(weights)``, then let a layer that derives its state from its weights
+    recompute it. Keras does that when it loads a file, but not in ``set_weights``: a copied
+    Normalization layer would silently keep computing with mean 0 and variance 1."""
+    layer.set_weights(weights)
+    if hasattr(layer, "finalize_state"):
+        layer.finalize_state()
 
 
 def _foldable_pairs(model) -> dict:
@@ -116,6 +125,7 @@ def fold_batchnorm(model):
         new = new_layers.get(layer.name)
         if layer.name in folded_bn or layer.name in nested or new is None or new is layer:
             continue
-        new.set_weights(_folded_weights(layer, pairs[layer.name]) if layer.name in pairs else layer.get_weights())
+        set_weights_and_state(
+            new, _folded_weights(layer, pairs[layer.name]) if layer.name in pairs else layer.get_weights())
     folded.trainable = False
     return folded, len(pairs) + sum(n for _, n in nested.values())

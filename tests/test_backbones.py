@@ -54,6 +54,54 @@ def test_vendored_features_equal_keras_reference_pipeline():
     np.testing.assert_allclose(bb.predict(pixels), np.asarray(expected), rtol=1e-4, atol=1e-5)
 
 
+def _efficientnet_weights_file(path, variance, size: int = 64) -> str:
+    """An EfficientNetB0 weights file whose input Normalization holds the given variance and the
+    ImageNet mean (random convolutions: the structure under test is the input normalisation)."""
+    import keras
+
+    net = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(size, size, 3))
+    norm = next(layer for layer in net.layers if type(layer) is keras.layers.Normalization)
+    count = norm.get_weights()[2]
+    norm.set_weights([np.array([0.485, 0.456, 0.406], "float32"), np.asarray(variance, "float32"), count])
+    net.save_weights(str(path))
+    return str(path)
+
+
+EFFICIENTNET_PROBE = "block2a_expand_activation"  # early enough that random weights keep a signal
+
+
+@pytest.mark.parametrize("release_quirk", [True, False])
+def test_efficientnet_input_normalisation_is_the_networks(tmp_path, release_quirk):
+    """Keras' EfficientNet ImageNet release stores the ImageNet *std* as its Normalization variance
+    and keras.applications adds Rescaling(1/sqrt(std)) for weights="imagenet" only (TF #49930).
+    featx loads files itself, so it must add it too: features = the network on (x/255 - mean)/std.
+    A file with a true variance gets no correction. Both equal an independent reference computed
+    from the stock Keras network (which also checks that folding keeps the loaded statistics)."""
+    import keras
+
+    std = np.array([0.229, 0.224, 0.225])
+    variance = std if release_quirk else std**2
+    path = _efficientnet_weights_file(tmp_path / "effb0.weights.h5", variance)
+    bb = Backbone.build("efficientnetb0", weights=path, image_size=64, layer=EFFICIENTNET_PROBE)
+    assert bb.fingerprint.get("normalization_fix") == ("imagenet-stddev" if release_quirk else None)
+
+    stock = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(64, 64, 3))
+    stock.load_weights(path)
+    probe = keras.Sequential([keras.Model(stock.inputs, stock.get_layer(EFFICIENTNET_PROBE).output),
+                              keras.layers.GlobalAveragePooling2D()])
+    pixels = np.stack([decode_file(f, (64, 64)).pixels for f in flower_files("rose", 3)])
+    mean = np.array([0.485, 0.456, 0.406])
+    # The input that the stock layers (x/255, then (x - mean)/sqrt(variance)) turn into (x/255 - mean)/std:
+    stock_input = 255 * (mean + (pixels / 255 - mean) * np.sqrt(variance) / std)
+    expected = np.asarray(probe.predict_on_batch(stock_input.astype("float32")))
+    assert np.abs(expected).max() > 1e-3
+    np.testing.assert_allclose(bb.predict(pixels), expected, rtol=1e-4, atol=1e-5)  # folded model
+    np.testing.assert_allclose(np.asarray(bb.model.predict_on_batch(pixels)), expected, rtol=1e-4, atol=1e-5)
+    if release_quirk:  # without the correction the features would be far off
+        unfixed = np.asarray(probe.predict_on_batch(pixels.astype("float32")))
+        assert np.abs(unfixed - expected).max() > 100 * 1e-5
+
+
 def test_missing_imagenet_weights_stop_with_the_file_name_and_two_ways(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
     with pytest.raises(WeightsUnavailable) as err:

@@ -86,3 +86,20 @@ def test_only_exact_single_use_conv_batchnorm_pairs_are_folded():
     assert sum(isinstance(layer, L.BatchNormalization) for layer in model.layers) == 6
     plain = keras.Model(inp, L.Conv2D(2, 1)(inp))
     assert fold_batchnorm(plain) == (plain, 0)
+
+
+def test_copied_normalization_layer_computes_with_its_copied_statistics():
+    """Keras' set_weights does not refresh a Normalization layer's mean/variance (loading a file
+    does): featx's copy helper must, or a folded EfficientNet would normalise with mean 0, var 1."""
+    import keras
+
+    from featx.fold import set_weights_and_state
+
+    src = keras.layers.Normalization(axis=-1)
+    src.build((None, 2, 2, 3))
+    dst = keras.layers.Normalization(axis=-1)
+    dst.build((None, 2, 2, 3))
+    set_weights_and_state(src, [np.array([1.0, 2.0, 3.0], "float32"), np.full(3, 4.0, "float32"), np.array(0)])
+    set_weights_and_state(dst, src.get_weights())
+    x = np.zeros((1, 2, 2, 3), "float32")
+    np.testing.assert_allclose(np.asarray(dst(x))[0, 0, 0], [-0.5, -1.0, -1.5])
