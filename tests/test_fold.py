@@ -103,3 +103,30 @@ def test_copied_normalization_layer_computes_with_its_copied_statistics():
     set_weights_and_state(dst, src.get_weights())
     x = np.zeros((1, 2, 2, 3), "float32")
     np.testing.assert_allclose(np.asarray(dst(x))[0, 0, 0], [-0.5, -1.0, -1.5])
+
+
+def test_zero_padding_merges_into_the_conv_only_where_it_equals_same_padding():
+    import keras
+
+    L = keras.layers
+    inp = keras.Input((8, 8, 4))
+    a = L.DepthwiseConv2D(3, strides=2, name="dw_a")(L.ZeroPadding2D(((0, 1), (0, 1)), name="pad_a")(inp))  # merged
+    b = L.Conv2D(4, 3, name="conv_b")(L.ZeroPadding2D(1, name="pad_b")(a))  # stride 1: "same" pads 1, 1: merged
+    c = L.Conv2D(4, 3, strides=2, name="conv_c")(L.ZeroPadding2D(1, name="pad_c")(b))  # "same" is (0, 1): kept
+    pad_d = L.ZeroPadding2D(1, name="pad_d")(c)
+    d = L.Add()([L.Conv2D(4, 3, name="conv_d1")(pad_d), L.Conv2D(4, 3, name="conv_d2")(pad_d)])  # shared: kept
+    e = L.Conv2D(4, 3, dilation_rate=2, name="conv_e")(L.ZeroPadding2D(2, name="pad_e")(d))  # dilated: kept
+    model = keras.Model(inp, e)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([np.random.default_rng(1).normal(0, 0.5, w.shape).astype(w.dtype)
+                               for w in layer.get_weights()])
+
+    folded, _ = fold_batchnorm(model)
+    names = {layer.name for layer in folded.layers}
+    assert {"pad_a", "pad_b"}.isdisjoint(names) and {"pad_c", "pad_d", "pad_e"} <= names
+    assert folded.get_layer("dw_a").padding == "same" and folded.get_layer("conv_c").padding == "valid"
+    x = np.random.default_rng(2).normal(0, 1, (2, 8, 8, 4)).astype("float32")
+    expected = np.asarray(model.predict_on_batch(x))
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(np.asarray(folded.predict_on_batch(x)), expected, rtol=1e-5, atol=1e-5)
