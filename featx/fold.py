@@ -37,23 +37,29 @@ def set_weights_and_state(layer, weights: list) -> None:
         layer.finalize_state()
 
 
+def _conv_types() -> tuple:
+    """The convolutions merged with their neighbours (exact types: a subclass may compute something else)."""
+    import keras
+
+    return keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D
+
+
 def _foldable_pairs(model) -> dict:
     """{conv layer name: the BatchNormalization layer that alone consumes its output}."""
     import keras
 
-    layers = keras.layers
-    conv_types = (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D)
+    conv_types = _conv_types()
     outputs = {id(t) for t in model.outputs}
     pairs = {}
     for bn in model.layers:
-        if type(bn) is not layers.BatchNormalization or len(bn._inbound_nodes) != 1:
+        if type(bn) is not keras.layers.BatchNormalization or len(bn._inbound_nodes) != 1:
             continue
         if bn.axis not in (-1, len(bn.input.shape) - 1):  # per-channel on the last axis only
             continue
         source = bn._inbound_nodes[0].input_tensors[0]
         conv = source._keras_history[0]
         if (
-            type(conv) not in conv_types  # exact types: a subclass may compute something else
+            type(conv) not in conv_types
             or len(conv._inbound_nodes) != 1
             or len(conv._outbound_nodes) != 1  # its output feeds the BN and nothing else
             or id(source) in outputs
@@ -76,12 +82,11 @@ def _mergeable_pads(model) -> dict:
     """{conv layer name: the ZeroPadding2D layer that alone feeds it, padding exactly as "same"}."""
     import keras
 
-    layers = keras.layers
-    conv_types = (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D)
+    conv_types = _conv_types()
     outputs = {id(t) for t in model.outputs}
     pads = {}
     for pad in model.layers:
-        if (type(pad) is not layers.ZeroPadding2D or pad.data_format != "channels_last"
+        if (type(pad) is not keras.layers.ZeroPadding2D or pad.data_format != "channels_last"
                 or len(pad._inbound_nodes) != 1 or len(pad._outbound_nodes) != 1 or id(pad.output) in outputs):
             continue
         conv = pad._outbound_nodes[0].operation
