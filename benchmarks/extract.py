@@ -13,6 +13,9 @@
 users run them today ("TF defaults"; --no-fresh skips it). With TF_ENABLE_ONEDNN_OPTS=0 everything
 runs on TensorFlow's default kernels.
 
+The fresh process also times the stock network alone on a resident batch ("stock_model"): b over it
+is how much faster featx's model is, the most c/d (TF defaults) can reach when both are model-bound.
+
 Prints images/s for each and the ratios c/d, c/e, c/min(a, b); writes everything to --json.
 DATA is a folder of class folders; the first N image files (sorted) are used.
 """
@@ -212,6 +215,10 @@ def main(argv=None) -> int:
                 ratios[f"c/{k} (TF defaults)"] = rates["c_featx"] / rates[f"{k}_tf_defaults"]
         if "a_decode" in rates and "b_model" in rates:
             ratios["c/min(a,b)"] = rates["c_featx"] / min(rates["a_decode"], rates["b_model"])
+    if "b_model" in rates and "stock_model_tf_defaults" in rates:
+        # featx's model-only speed-up over the stock network: where both ends are model-bound, the
+        # most c/d (TF defaults) can be, whatever the input pipeline does.
+        ratios["b/stock model (TF defaults)"] = rates["b_model"] / rates["stock_model_tf_defaults"]
     res.update(images_per_second=rates, ratios=ratios)
     print(f"{args.backbone} @ {backbone.image_size[0]} px, {len(files)} images, batch {args.batch_size}, "
           f"medians of {args.repeat}, "

@@ -6,7 +6,8 @@ This module never imports featx, so run as a script it measures (d) and (e) exac
 gets them: a fresh Python process with TensorFlow's own defaults (featx turns oneDNN on at import;
 TensorFlow itself does so only on AVX-512-class CPUs). SPEC.json names the keras.applications
 constructor, its kwargs, the image size, a weights file, the class-folder tree, the batch size and
-which of "d", "e" to run; the images/s come back as one JSON line on stdout.
+which of "d", "e" to run; the images/s come back as one JSON line on stdout, with the stock
+network's model-only rate ("stock_model").
 """
 
 from __future__ import annotations
@@ -86,6 +87,19 @@ def bench_image_data_generator(tree, image_size, batch_size, stock) -> float:
     return clock.rate(n)
 
 
+def bench_stock_model(image_size, batch_size, stock, seconds: float = 5.0) -> float:
+    """The stock network alone on a resident, preprocessed float batch (``predict_on_batch``): the
+    model-only rate that (d) and (e) cannot exceed, to set beside featx's (b)."""
+    model, preprocess_input = stock
+    x = preprocess_input(np.random.default_rng(0).uniform(0, 255, (batch_size, *image_size, 3)).astype(np.float32))
+    np.asarray(model.predict_on_batch(x))
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        np.asarray(model.predict_on_batch(x))
+        n += batch_size
+    return n / (time.perf_counter() - start)
+
+
 def main(argv=None) -> int:
     (spec_path,) = argv if argv is not None else sys.argv[1:]
     with open(spec_path) as f:
@@ -99,6 +113,7 @@ def main(argv=None) -> int:
     # dataset shape, which would otherwise land in the timed pass.
     for tree in (spec["warmup_tree"], spec["tree"]):
         rates = {key: ways[key](tree, spec["image_size"], spec["batch_size"], stock) for key in spec["only"]}
+    rates["stock_model"] = bench_stock_model(spec["image_size"], spec["batch_size"], stock)
     import tensorflow as tf
 
     rates["tf_enable_onednn_opts"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
