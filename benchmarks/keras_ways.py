@@ -87,17 +87,23 @@ def bench_image_data_generator(tree, image_size, batch_size, stock) -> float:
     return clock.rate(n)
 
 
-def bench_stock_model(image_size, batch_size, stock, seconds: float = 5.0) -> float:
-    """The stock network alone on a resident, preprocessed float batch (``predict_on_batch``): the
-    model-only rate that (d) and (e) cannot exceed, to set beside featx's (b)."""
-    model, preprocess_input = stock
-    x = preprocess_input(np.random.default_rng(0).uniform(0, 255, (batch_size, *image_size, 3)).astype(np.float32))
+def predict_on_batch_rate(model, x, seconds: float = 5.0) -> float:
+    """Images/s of ``model.predict_on_batch(x)`` on a resident batch, after one untimed call
+    (the model-only rates: featx's (b) and the stock network's)."""
     np.asarray(model.predict_on_batch(x))
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         np.asarray(model.predict_on_batch(x))
-        n += batch_size
+        n += len(x)
     return n / (time.perf_counter() - start)
+
+
+def bench_stock_model(image_size, batch_size, stock) -> float:
+    """The stock network alone on a resident, preprocessed float batch: the model-only rate that
+    (d) and (e) cannot exceed, to set beside featx's (b)."""
+    model, preprocess_input = stock
+    x = preprocess_input(np.random.default_rng(0).uniform(0, 255, (batch_size, *image_size, 3)).astype(np.float32))
+    return predict_on_batch_rate(model, x)
 
 
 def main(argv=None) -> int:
