@@ -419,14 +419,14 @@ def _with_imagenet_stddev_fix(base):
 
     import keras
 
+    from featx.fold import set_weights_and_state
+
     rescale = keras.layers.Rescaling([1.0 / math.sqrt(s) for s in IMAGENET_STDDEV_RGB],
                                      name="imagenet_stddev_rescaling")
 
     def call_layer(layer, *args, **kwargs):
         out = layer(*args, **kwargs)
         return rescale(out) if type(layer) is keras.layers.Normalization else out
-
-    from featx.fold import set_weights_and_state
 
     fixed = keras.models.clone_model(base, call_function=call_layer)
     new_layers = {layer.name: layer for layer in fixed.layers}
