@@ -1,4 +1,5 @@
-"""Shared fixtures: real flower photos from ../shared, the real vendored backbone (built once)."""
+"""Shared fixtures: real photos that ship with the test dependencies (tests/photos.py), the real
+vendored backbone (built once). Nothing here needs ../shared: the suite runs from a bare clone."""
 
 from __future__ import annotations
 
@@ -10,35 +11,30 @@ from pathlib import Path
 
 import pytest
 
+from photos import photo_files  # noqa: F401  (re-exported for the test modules)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FEATX_SHARED", REPO.parent / "shared"))
-FLOWERS = SHARED / "data" / "flowers5"
 TEST_SIZE = 96  # small inputs keep the suite fast; the vendored conv weights work at any size
 
 
-def flower_files(cls: str, n: int, offset: int = 0) -> list[Path]:
-    if not FLOWERS.is_dir():
-        pytest.fail(f"test data missing: {FLOWERS} (set FEATX_SHARED to the shared/ folder)")
-    files = sorted((FLOWERS / cls).glob("*.jpg"))
-    return files[offset:offset + n]
+def make_photo_set(root: Path, classes=("cat", "flower"), n=12, splits: dict | None = None) -> Path:
+    """Copy real photos into a class-folder layout (optionally under split folders).
 
-
-def make_flower_set(root: Path, classes=("daisy", "sunflower"), n=12, splits: dict | None = None) -> Path:
-    """Copy real photos into a class-folder layout (optionally under split folders)."""
+    ``splits`` maps a split folder name to (images per class, index of the first one)."""
     if splits:
         for split, (count, offset) in splits.items():
             for cls in classes:
                 dest = root / split / cls
                 dest.mkdir(parents=True, exist_ok=True)
-                for f in flower_files(cls, count, offset):
+                for f in photo_files(cls, count, offset):
                     shutil.copy2(f, dest / f.name)
     else:
         for cls in classes:
             dest = root / cls
             dest.mkdir(parents=True, exist_ok=True)
-            for f in flower_files(cls, n):
+            for f in photo_files(cls, n):
                 shutil.copy2(f, dest / f.name)
     return root
 
@@ -52,8 +48,8 @@ def backbone():
 
 
 @pytest.fixture
-def flower_set(tmp_path) -> Path:
-    return make_flower_set(tmp_path / "flowers")
+def photo_set(tmp_path) -> Path:
+    return make_photo_set(tmp_path / "photos")
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 300):

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import TEST_SIZE, flower_files
+from conftest import TEST_SIZE, photo_files
 from featx.backbones import (
     REGISTRY, VENDORED_DIR, Backbone, UnknownBackbone, WeightsUnavailable, describe_backbones, get_spec,
     resolve_weights,
@@ -47,7 +47,7 @@ def test_vendored_features_equal_keras_reference_pipeline():
 
     bb = Backbone.build("mobilenet_0.25", weights="imagenet")
     assert bb.weights.origin == "vendored with featx"
-    pixels = np.stack([decode_file(f, (224, 224)).pixels for f in flower_files("tulip", 4)])
+    pixels = np.stack([decode_file(f, (224, 224)).pixels for f in photo_files("rocket", 4)])
     ref = keras.applications.MobileNet(input_shape=(224, 224, 3), alpha=0.25, include_top=False,
                                        weights=str(VENDORED), pooling="avg")
     expected = ref.predict_on_batch(keras.applications.mobilenet.preprocess_input(pixels.astype("float32")))
@@ -89,7 +89,7 @@ def test_efficientnet_input_normalisation_is_the_networks(tmp_path, release_quir
     stock.load_weights(path)
     probe = keras.Sequential([keras.Model(stock.inputs, stock.get_layer(EFFICIENTNET_PROBE).output),
                               keras.layers.GlobalAveragePooling2D()])
-    pixels = np.stack([decode_file(f, (64, 64)).pixels for f in flower_files("rose", 3)])
+    pixels = np.stack([decode_file(f, (64, 64)).pixels for f in photo_files("coffee", 3)])
     mean = np.array([0.485, 0.456, 0.406])
     # The input that the stock layers (x/255, then (x - mean)/sqrt(variance)) turn into (x/255 - mean)/std:
     stock_input = 255 * (mean + (pixels / 255 - mean) * np.sqrt(variance) / std)
@@ -174,14 +174,14 @@ with FeatureStore(sys.argv[2]) as fs:
 
 
 @pytest.mark.parametrize("keras_backend", ["jax", "torch"])
-def test_extraction_under_other_backends_matches_tensorflow(flower_set, tmp_path, backbone, keras_backend):
+def test_extraction_under_other_backends_matches_tensorflow(photo_set, tmp_path, backbone, keras_backend):
     """Real photos, real weights: the same features under JAX and torch as under TensorFlow."""
     from featx.extract import extract
     from featx.store import FeatureStore
 
-    extract(flower_set, tmp_path / "tf.h5", backbone=backbone, batch_size=4, progress=False)
+    extract(photo_set, tmp_path / "tf.h5", backbone=backbone, batch_size=4, progress=False)
     env = {**os.environ, "KERAS_BACKEND": keras_backend, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
-    out = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT, str(flower_set), str(tmp_path / "other.h5"),
+    out = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT, str(photo_set), str(tmp_path / "other.h5"),
                           keras_backend], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])

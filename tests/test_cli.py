@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TEST_SIZE, flower_files, make_flower_set, run_cli
+from conftest import TEST_SIZE, photo_files, make_photo_set, run_cli
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A real 3-class flower set with split folders, extracted and trained through the CLI."""
     tmp = tmp_path_factory.mktemp("cli")
-    data = make_flower_set(tmp / "flowers", classes=("daisy", "sunflower", "tulip"),
+    data = make_photo_set(tmp / "photos", classes=("cat", "flower", "rocket"),
                            splits={"train": (30, 0), "validation": (15, 30)})
     store, model = tmp / "f.h5", tmp / "f.skops"
     ex = run_cli("extract", str(data), "--store", str(store), "--backbone", "mobilenet_0.25",
@@ -54,23 +54,23 @@ def test_evaluate_json_and_confusion_png(trained):
     assert r["accuracy"] > 0.6  # 3 classes, 30 training photos each at 96 px (chance: 0.33)
     assert Image.open(png).size[0] > 100
     text = run_cli("evaluate", str(trained["model"]), str(trained["store"]))
-    assert text.returncode == 0 and "daisy" in text.stdout and "accuracy" in text.stdout
+    assert text.returncode == 0 and "cat" in text.stdout and "accuracy" in text.stdout
 
 
 def test_predict_json_on_files_and_folders(trained, tmp_path):
     imgs = tmp_path / "new"
     imgs.mkdir()
-    for f in flower_files("sunflower", 3, offset=200):
+    for f in photo_files("flower", 3, offset=200):
         shutil.copy2(f, imgs / f.name)
     (imgs / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
-    single = flower_files("daisy", 1, offset=300)[0]
+    single = photo_files("cat", 1, offset=300)[0]
     pr = run_cli("predict", str(trained["model"]), str(single), str(imgs), "--json")
     assert pr.returncode == 0, pr.stderr
     r = json.loads(pr.stdout)
     assert len(r["predictions"]) == 4 and len(r["skipped"]) == 1
     assert r["skipped"][0]["path"].endswith("broken.jpg")
     labels = [p["label"] for p in r["predictions"]]
-    assert labels.count("sunflower") >= 2
+    assert labels.count("flower") >= 2
     assert abs(sum(r["predictions"][0]["probabilities"].values()) - 1) < 1e-6
 
 
@@ -108,7 +108,7 @@ def test_exit_codes_and_messages(tmp_path, monkeypatch):
     assert r.returncode == 2 and "unknown backbone" in r.stderr
     r = run_cli("extract", str(tmp_path), "--store", str(tmp_path / "s.h5"), "--batch-size", "0")
     assert r.returncode == 2 and "must be a positive integer or auto, got '0'" in r.stderr
-    data = make_flower_set(tmp_path / "d", classes=("daisy",), n=2)
+    data = make_photo_set(tmp_path / "d", classes=("cat",), n=2)
     r = run_cli("extract", str(data), "--store", str(tmp_path / "s.h5"), "--backbone", "resnet50",
                 env={"KERAS_HOME": str(tmp_path / "kh")})
     assert r.returncode == 1 and "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in r.stderr
@@ -120,7 +120,7 @@ def test_exit_codes_and_messages(tmp_path, monkeypatch):
 
 
 def test_random_weights_are_labelled_everywhere(tmp_path):
-    data = make_flower_set(tmp_path / "d", classes=("daisy", "rose"), n=6)
+    data = make_photo_set(tmp_path / "d", classes=("cat", "coffee"), n=6)
     r = run_cli("extract", str(data), "--store", str(tmp_path / "r.h5"), "--backbone", "mobilenet_0.25",
                 "--weights", "none", "--image-size", str(TEST_SIZE), "--no-progress")
     assert r.returncode == 0 and "RANDOM WEIGHTS" in r.stdout

@@ -9,18 +9,18 @@ from collections import Counter
 import pytest
 
 from browser import render_in_chromium
-from conftest import TEST_SIZE, make_flower_set, run_cli
+from conftest import TEST_SIZE, make_photo_set, run_cli
 
-CLASSES = ("daisy", "sunflower")
+CLASSES = ("cat", "flower")
 PROBES = {"logreg-l2", "logreg-l1", "svm-l2", "svm-l1"}
 
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     """`featx compare` through the real command line on a class-folder set (featx makes the split)."""
-    root = make_flower_set(tmp_path_factory.mktemp("cmp") / "flowers", classes=CLASSES, n=30)
-    broken = root / "daisy" / "broken.jpg"
-    broken.write_bytes((root / "daisy").glob("*.jpg").__next__().read_bytes()[:400])
+    root = make_photo_set(tmp_path_factory.mktemp("cmp") / "photos", classes=CLASSES, n=30)
+    broken = root / "cat" / "broken.jpg"
+    broken.write_bytes((root / "cat").glob("*.jpg").__next__().read_bytes()[:400])
     out = tmp_path_factory.mktemp("report")
     proc = run_cli("compare", str(root), "--out", str(out), "--backbone", "mobilenet_0.25", "--image-size",
                    str(TEST_SIZE), "--epochs", "2", "--batch-size", "16", "--cv", "3", "--validation-fraction",
@@ -35,13 +35,13 @@ def test_every_model_is_judged_once_on_the_same_held_out_images(compared):
     assert set(models) == PROBES | {"lp-ft"}
     assert report["data"]["eval_split"] == "validation"
     n_val = report["data"]["splits"]["validation"]
-    # 30% of each class held out (round(31 × 0.3) = 9 daisies, 9 sunflowers); the broken file is skipped
+    # 30% of each class held out (round(31 × 0.3) = 9 cats, 9 flowers); the broken file is skipped
     assert report["data"]["splits"]["train"] + n_val == 60 and n_val in (17, 18)
     for m in report["models"]:
         assert m["metrics"]["n"] == n_val and sum(map(sum, m["metrics"]["confusion_matrix"])) == n_val
         assert (out / m["model_path"]).stat().st_size == m["model_bytes"] > 0
         assert 0 <= m["metrics"]["accuracy"] <= 1 and m["metrics"]["roc_auc"] is not None
-    assert [s["path"] for s in report["skipped"]] == ["daisy/broken.jpg"]
+    assert [s["path"] for s in report["skipped"]] == ["cat/broken.jpg"]
     assert printed["verdict"] == report["verdict"]
 
 
@@ -99,14 +99,14 @@ def test_report_renders_in_a_real_browser_with_every_table_and_image(compared, t
     assert classes["confusion"] == 5 and classes["learning-curves"] == 1 and classes["embedding"] == 1
     assert classes["wrong"] == sum(len(m["wrong"]) for m in report["models"])
     assert "models" in facts["table_classes"] and facts["table_classes"].count("per-class") == 5
-    assert "skipped" in facts["table_classes"] and "daisy/broken.jpg" in facts["text"]
+    assert "skipped" in facts["table_classes"] and "cat/broken.jpg" in facts["text"]
     assert report["verdict"]["text"] in " ".join(facts["text"].split())
     md = (out / "report.md").read_text()
     assert md.count("](assets/") >= 7 and all((out / a).is_file() for a in report["assets"])
 
 
 def test_test_split_without_test_images_is_a_clear_error(tmp_path):
-    root = make_flower_set(tmp_path / "set", classes=CLASSES, n=6)
+    root = make_photo_set(tmp_path / "set", classes=CLASSES, n=6)
     proc = run_cli("compare", str(root), "--out", str(tmp_path / "r"), "--backbone", "mobilenet_0.25",
                    "--split", "test")
     assert proc.returncode == 2 and "no images in the test split" in proc.stderr and "--test-fraction" in proc.stderr

@@ -26,13 +26,13 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import make_flower_set, run_cli
+from conftest import make_photo_set, run_cli
 from featx.extract import extract
 from storecheck import (assert_complete, assert_lock_free, assert_sane, cli_args, features_by_path, leftovers,
                         parts, relpaths, rerun, start_cli)
 
 BATCH = 4
-CLASSES = ("daisy", "rose", "tulip")
+CLASSES = ("cat", "coffee", "rocket")
 TOTAL = 24  # 8 per class: 6 batches of 4
 
 
@@ -50,7 +50,7 @@ class Point:
 
 
 POINTS = {
-    # killed after building the model, before touching the store (which holds daisy+rose from an earlier run)
+    # killed after building the model, before touching the store (which holds cat+coffee from an earlier run)
     "model-build": Point("model-built:1", 16, 16, (16, 0, 0)),
     # first batch computed, its journal part not yet written (the empty store was created)
     "mid-batch-before-first-part": Point("predicted:1", 4, 0, (0, 0, 0)),
@@ -90,15 +90,15 @@ def _random_kill(data: Path, store: Path, seed: int) -> tuple[int, str]:
 def crashes(tmp_path_factory, backbone):
     """Run every crash: the deterministic points and the random kill, two processes at a time."""
     tmp = tmp_path_factory.mktemp("crash")
-    data = make_flower_set(tmp / "flowers", classes=CLASSES, n=TOTAL // len(CLASSES))
+    data = make_photo_set(tmp / "photos", classes=CLASSES, n=TOTAL // len(CLASSES))
     clean = tmp / "clean.h5"
     extract(data, clean, backbone=backbone, batch_size=BATCH, workers=1, progress=False)
     # the model-build kill hits a store that already holds two classes (from an earlier run on them)
-    sub = make_flower_set(tmp / "sub", classes=CLASSES[:2], n=TOTAL // len(CLASSES))
+    sub = make_photo_set(tmp / "sub", classes=CLASSES[:2], n=TOTAL // len(CLASSES))
     extract(sub, tmp / "model-build.h5", backbone=backbone, batch_size=BATCH, workers=1, progress=False)
     before = (tmp / "model-build.h5").read_bytes()
 
-    big = make_flower_set(tmp / "big", classes=CLASSES, n=20)  # 60 images, 15 batches: room for a random kill
+    big = make_photo_set(tmp / "big", classes=CLASSES, n=20)  # 60 images, 15 batches: room for a random kill
     seed = int(os.environ.get("FEATX_CRASH_SEED", time.time_ns() % 2**31))
 
     def crash(name: str):

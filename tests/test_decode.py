@@ -433,9 +433,9 @@ def test_draft_decode_of_large_jpeg_matches_full_decode(fdir):
 def test_jpeg_decodes_at_eighths_scale_close_to_full_decode(tmp_path):
     # A real photo as a 500x375 JPEG: Pillow's draft has only halves (1/2 gives 250x188 < 224),
     # libjpeg-turbo's 5/8 gives 313x235 and leaves the resize far less to do.
-    from conftest import flower_files
+    from conftest import photo_files
 
-    photo = Image.open(flower_files("daisy", 1)[0]).convert("RGB").resize((500, 375), Image.Resampling.BICUBIC)
+    photo = Image.open(photo_files("cat", 1)[0]).convert("RGB").resize((500, 375), Image.Resampling.BICUBIC)
     photo.save(tmp_path / "p.jpg", "JPEG", quality=90)
     data = (tmp_path / "p.jpg").read_bytes()
     assert open_rgb(data, draft_size=SIZE).size == (313, 235)
@@ -806,19 +806,19 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def _seed_files() -> dict[str, dict[str, bytes]]:
-    """Real files to mutate, by family: a real flower photo as its camera JPEG, and that photo
+    """Real files to mutate, by family: a real photo as its JPEG (tests/photos.py), and that photo
     re-encoded in the variants whose decoders differ (progressive, CMYK, EXIF, palette, 16-bit,
     interlaced...). Small (64x48) so that thousands of decodes stay fast."""
-    from conftest import flower_files
+    from conftest import photo_files
 
-    real = flower_files("daisy", 1, offset=40)[0]
+    real = photo_files("cat", 1, offset=40)[0]
     photo = Image.open(real).convert("RGB").crop((0, 0, 64, 48))
     exif = Image.Exif()
     exif[0x0112] = 6
     rgba = photo.convert("RGBA")
     rgba.putalpha(Image.linear_gradient("L").resize(photo.size))
     jpeg = {
-        "camera": real.read_bytes(),  # 128x128, as downloaded
+        "camera": real.read_bytes(),  # about 128 px, as written by tests/photos.py
         "baseline": _encode(photo, "JPEG", quality=85),
         "progressive": _encode(photo, "JPEG", quality=85, progressive=True),
         "grey": _encode(photo.convert("L"), "JPEG", quality=85),

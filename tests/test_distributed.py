@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TEST_SIZE, flower_files, make_flower_set
+from conftest import TEST_SIZE, photo_files, make_photo_set
 from featx import cli
 from featx.backbones import fingerprint_id
 from featx.distributed import (extract_distributed, extract_shard, list_shards, merge, shard_dir, shard_of,
@@ -32,15 +32,15 @@ from featx.extract import extract
 from featx.store import FeatureStore, FingerprintMismatch, Rows, StoreError, StoreLocked, StoreWriter, lock_path
 
 BATCH = 2  # small batches: many journal parts per shard, so a kill lands mid-shard
-CLASSES = ("daisy", "rose", "tulip", "sunflower")
+CLASSES = ("cat", "coffee", "rocket", "flower")
 PER_CLASS = 20  # 80 photos + 1 broken file
 COMMON = dict(backbone="mobilenet_0.25", image_size=TEST_SIZE, batch_size=BATCH, workers=1, progress=False)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = make_flower_set(tmp_path_factory.mktemp("dist") / "flowers", classes=CLASSES, n=PER_CLASS)
-    (root / "rose" / "not_a_photo.jpg").write_text("<html>not an image</html>")
+    root = make_photo_set(tmp_path_factory.mktemp("dist") / "photos", classes=CLASSES, n=PER_CLASS)
+    (root / "coffee" / "not_a_photo.jpg").write_text("<html>not an image</html>")
     return root
 
 
@@ -103,7 +103,7 @@ def test_shards_partition_by_path_hash(data):
     from featx.sources import load_source
 
     relpaths = [it.relpath for it in load_source(data).items]
-    assert shard_of("daisy/100080576_f52e8ee070_n.jpg", 16) == 3  # a pure function of the path, everywhere
+    assert shard_of("cat/100080576_f52e8ee070_n.jpg", 16) == 3  # a pure function of the path, everywhere
     for n in (1, 3, 7):
         shards = [shard_of(p, n) for p in relpaths]
         assert set(shards) <= set(range(n)) and shards == [shard_of(p, n) for p in relpaths]
@@ -164,7 +164,7 @@ def test_shard_by_index_then_merge_equals_one_machine(data, reference, backbone,
 
 def _tiny_store(path: Path, fp: dict, dtype: str, labels: list[str]) -> Path:
     with StoreWriter(path, fingerprint=fp, fingerprint_id=fingerprint_id(fp), feature_dtype=dtype) as w:
-        w.append(Rows(np.ones((1, fp["feature_dim"]), dtype), np.array(["0" * 64]), np.array(["daisy/x.jpg"]),
+        w.append(Rows(np.ones((1, fp["feature_dim"]), dtype), np.array(["0" * 64]), np.array(["cat/x.jpg"]),
                       np.array([labels[0]]), np.array(["train"]), np.array([1], np.int64), np.array([1], np.int64)))
     return path
 
@@ -281,12 +281,12 @@ def test_cluster_cli_resumes_shards_and_equals_one_machine(data, reference, back
     assert not shard_dir(store).exists()
 
     # a later run computes only the images added since (a small set of its own: `data` is shared)
-    grown = make_flower_set(tmp_path / "grown", classes=("daisy", "rose"), n=6)
+    grown = make_photo_set(tmp_path / "grown", classes=("cat", "coffee"), n=6)
     grown_store = tmp_path / "grown.h5"
     extract_distributed(grown, grown_store, cluster=client, **COMMON)
-    (grown / "dandelion").mkdir()
-    for f in flower_files("dandelion", 3):
-        shutil.copy2(f, grown / "dandelion" / f.name)
+    (grown / "china").mkdir()
+    for f in photo_files("china", 3):
+        shutil.copy2(f, grown / "china" / f.name)
     more = extract_distributed(grown, grown_store, cluster=client, **COMMON)
     assert (more.n_extracted, more.n_cached, more.n_store_rows) == (3, 12, 15)
     with FeatureStore(grown_store) as fs:

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from conftest import REPO, make_flower_set
+from conftest import REPO, make_photo_set
 
 
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory):
-    return make_flower_set(tmp_path_factory.mktemp("ex") / "flowers", classes=("daisy", "sunflower"), n=20)
+    return make_photo_set(tmp_path_factory.mktemp("ex") / "photos", classes=("cat", "flower"), n=20)
 
 
 def run_example(name, *args, tmp_path):

@@ -8,19 +8,19 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import TEST_SIZE, flower_files, make_flower_set
+from conftest import TEST_SIZE, photo_files, make_photo_set
 from featx.extract import extract, extract_features
 from featx.store import FeatureStore, FingerprintMismatch, StoreError, StoreLocked, StoreWriter
 from featx.backbones import fingerprint_id
 
 
-def test_extract_class_folders_records_everything(flower_set, tmp_path, backbone):
+def test_extract_class_folders_records_everything(photo_set, tmp_path, backbone):
     store = tmp_path / "s.h5"
-    summary = extract(flower_set, store, backbone=backbone, batch_size=8, progress=False)
+    summary = extract(photo_set, store, backbone=backbone, batch_size=8, progress=False)
     assert summary.n_images == 24 and summary.n_extracted == 24 and summary.n_skipped == 0
     with FeatureStore(store) as fs:
         assert len(fs) == 24
-        assert fs.label_names == ["daisy", "sunflower"]
+        assert fs.label_names == ["cat", "flower"]
         X = fs.X
         assert X.shape == (24, 256) and X.dtype == np.float32 and np.isfinite(X).all()
         assert X.std(axis=0).mean() > 0.01  # real, varied features
@@ -34,24 +34,24 @@ def test_extract_class_folders_records_everything(flower_set, tmp_path, backbone
         # the store key is the sha256 of the file bytes
         import hashlib
         p = fs.paths[0]
-        assert fs.sha256[0] == hashlib.sha256((flower_set / p).read_bytes()).hexdigest()
+        assert fs.sha256[0] == hashlib.sha256((photo_set / p).read_bytes()).hexdigest()
 
 
-def test_same_image_same_features_as_direct_model_call(flower_set, tmp_path, backbone):
+def test_same_image_same_features_as_direct_model_call(photo_set, tmp_path, backbone):
     store = tmp_path / "s.h5"
-    extract(flower_set, store, backbone=backbone, batch_size=5, progress=False)
+    extract(photo_set, store, backbone=backbone, batch_size=5, progress=False)
     from featx.decode import decode_file
 
     with FeatureStore(store) as fs:
         i = 7
-        pixels = decode_file(flower_set / fs.paths[i], backbone.image_size).pixels
+        pixels = decode_file(photo_set / fs.paths[i], backbone.image_size).pixels
         direct = backbone.predict(pixels[None])[0]
         np.testing.assert_allclose(fs.features(np.array([i]))[0], direct, rtol=1e-4, atol=1e-5)
 
 
-def test_store_is_plain_hdf5(flower_set, tmp_path, backbone):
+def test_store_is_plain_hdf5(photo_set, tmp_path, backbone):
     store = tmp_path / "s.h5"
-    extract(flower_set, store, backbone=backbone, batch_size=8, progress=False)
+    extract(photo_set, store, backbone=backbone, batch_size=8, progress=False)
     with h5py.File(store, "r") as f:
         assert f["features"].shape == (24, 256)
         assert f["sha256"].shape == (24,) and len(f["sha256"][0]) == 64
@@ -62,44 +62,44 @@ def test_store_is_plain_hdf5(flower_set, tmp_path, backbone):
         assert "skipped" in f and "reason" in f["skipped"]
 
 
-def test_rerun_is_incremental(flower_set, tmp_path, backbone):
+def test_rerun_is_incremental(photo_set, tmp_path, backbone):
     store = tmp_path / "s.h5"
-    extract(flower_set, store, backbone=backbone, batch_size=8, progress=False)
+    extract(photo_set, store, backbone=backbone, batch_size=8, progress=False)
     with FeatureStore(store) as fs:
         before = dict(zip(fs.paths.tolist(), fs.X))
-    again = extract(flower_set, store, backbone=backbone, batch_size=8, progress=False)
+    again = extract(photo_set, store, backbone=backbone, batch_size=8, progress=False)
     assert again.n_extracted == 0 and again.n_cached == 24
     # one new image, one changed image (new content at an existing path)
-    new = flower_files("daisy", 1, offset=50)[0]
-    shutil.copy2(new, flower_set / "daisy" / "new_one.jpg")
-    changed = sorted((flower_set / "sunflower").glob("*.jpg"))[0]
-    shutil.copy2(flower_files("sunflower", 1, offset=60)[0], changed)
-    third = extract(flower_set, store, backbone=backbone, batch_size=8, progress=False)
+    new = photo_files("cat", 1, offset=50)[0]
+    shutil.copy2(new, photo_set / "cat" / "new_one.jpg")
+    changed = sorted((photo_set / "flower").glob("*.jpg"))[0]
+    shutil.copy2(photo_files("flower", 1, offset=60)[0], changed)
+    third = extract(photo_set, store, backbone=backbone, batch_size=8, progress=False)
     assert third.n_extracted == 2 and third.n_cached == 23
     with FeatureStore(store) as fs:
         assert len(fs) == 25 and len(set(fs.paths.tolist())) == 25
         after = dict(zip(fs.paths.tolist(), fs.X))
-    rel_changed = changed.relative_to(flower_set).as_posix()
+    rel_changed = changed.relative_to(photo_set).as_posix()
     assert not np.allclose(after[rel_changed], before[rel_changed])
     unchanged = [p for p in before if p != rel_changed]
     for p in unchanged:
         np.testing.assert_array_equal(after[p], before[p])
 
 
-def test_same_content_other_path_reuses_features_and_warns_label_conflict(flower_set, tmp_path, backbone):
+def test_same_content_other_path_reuses_features_and_warns_label_conflict(photo_set, tmp_path, backbone):
     store = tmp_path / "s.h5"
-    extract(flower_set, store, backbone=backbone, batch_size=8, progress=False)
-    dup_src = sorted((flower_set / "daisy").glob("*.jpg"))[0]
-    shutil.copy2(dup_src, flower_set / "sunflower" / "looks_like_a_daisy.jpg")
-    summary = extract(flower_set, store, backbone=backbone, batch_size=8, progress=False)
+    extract(photo_set, store, backbone=backbone, batch_size=8, progress=False)
+    dup_src = sorted((photo_set / "cat").glob("*.jpg"))[0]
+    shutil.copy2(dup_src, photo_set / "flower" / "looks_like_a_daisy.jpg")
+    summary = extract(photo_set, store, backbone=backbone, batch_size=8, progress=False)
     assert summary.n_extracted == 0 and summary.n_reused == 1
     assert len(summary.label_conflicts) == 1
-    assert summary.label_conflicts[0]["labels"] == ["daisy", "sunflower"]
+    assert summary.label_conflicts[0]["labels"] == ["cat", "flower"]
     assert "label noise" in summary.format()
 
 
 def test_split_folders_are_respected(tmp_path, backbone):
-    root = make_flower_set(tmp_path / "sf", splits={"train": (6, 0), "validation": (3, 6)})
+    root = make_photo_set(tmp_path / "sf", splits={"train": (6, 0), "validation": (3, 6)})
     summary = extract(root, tmp_path / "s.h5", backbone=backbone, batch_size=8, progress=False)
     assert summary.splits == {"train": 12, "validation": 6}
     with FeatureStore(tmp_path / "s.h5") as fs:
@@ -109,46 +109,46 @@ def test_split_folders_are_respected(tmp_path, backbone):
         assert X.shape == (6, 256) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
 
 
-def test_other_fingerprint_refused(flower_set, tmp_path, backbone):
+def test_other_fingerprint_refused(photo_set, tmp_path, backbone):
     store = tmp_path / "s.h5"
-    extract(flower_set, store, backbone=backbone, batch_size=8, progress=False)
+    extract(photo_set, store, backbone=backbone, batch_size=8, progress=False)
     with pytest.raises(FingerprintMismatch, match="pooling"):
-        extract(flower_set, store, backbone="mobilenet_0.25", image_size=TEST_SIZE, pooling="max",
+        extract(photo_set, store, backbone="mobilenet_0.25", image_size=TEST_SIZE, pooling="max",
                 progress=False)
     with pytest.raises(StoreError, match="float32"):
-        extract(flower_set, store, backbone=backbone, dtype="float16", progress=False)
+        extract(photo_set, store, backbone=backbone, dtype="float16", progress=False)
     with pytest.raises(StoreError, match="split"):
-        extract(flower_set, store, backbone=backbone, validation_fraction=0.5, progress=False)
+        extract(photo_set, store, backbone=backbone, validation_fraction=0.5, progress=False)
 
 
-def test_float16_store_halves_features(flower_set, tmp_path, backbone):
-    extract(flower_set, tmp_path / "a.h5", backbone=backbone, progress=False)
-    extract(flower_set, tmp_path / "b.h5", backbone=backbone, dtype="float16", progress=False)
+def test_float16_store_halves_features(photo_set, tmp_path, backbone):
+    extract(photo_set, tmp_path / "a.h5", backbone=backbone, progress=False)
+    extract(photo_set, tmp_path / "b.h5", backbone=backbone, dtype="float16", progress=False)
     with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:
         assert b["features"].dtype == np.float16
         assert b["features"].id.get_storage_size() * 2 == a["features"].id.get_storage_size()
         np.testing.assert_allclose(a["features"][()], b["features"][()].astype(np.float32), rtol=2e-3, atol=2e-3)
 
 
-def test_second_writer_refused_while_first_writes(flower_set, tmp_path, backbone):
+def test_second_writer_refused_while_first_writes(photo_set, tmp_path, backbone):
     store = tmp_path / "s.h5"
-    extract(flower_set, store, backbone=backbone, progress=False)
+    extract(photo_set, store, backbone=backbone, progress=False)
     fp = backbone.fingerprint
     with StoreWriter(store, fingerprint=fp, fingerprint_id=fingerprint_id(fp)):
         with pytest.raises(StoreLocked, match="another featx process"):
-            extract(flower_set, store, backbone=backbone, progress=False)
+            extract(photo_set, store, backbone=backbone, progress=False)
         with FeatureStore(store) as fs:  # readers are never blocked
             assert len(fs) == 24
-    assert extract(flower_set, store, backbone=backbone, progress=False).n_cached == 24
+    assert extract(photo_set, store, backbone=backbone, progress=False).n_cached == 24
 
 
-def test_bad_files_are_skipped_with_reasons_and_good_ones_extracted(flower_set, tmp_path, backbone):
+def test_bad_files_are_skipped_with_reasons_and_good_ones_extracted(photo_set, tmp_path, backbone):
     from badfiles import make_bad_files
 
-    bad_dir = flower_set / "daisy"
+    bad_dir = photo_set / "cat"
     cases = make_bad_files(bad_dir)
     store = tmp_path / "s.h5"
-    summary = extract(flower_set, store, backbone=backbone, batch_size=8, progress=False)
+    summary = extract(photo_set, store, backbone=backbone, batch_size=8, progress=False)
     # a folder named like an image is walked as a folder, not listed as a file (decode tests cover it)
     expected_bad = {name: kind for name, kind in cases.items() if kind is not None and name != "a_directory.jpg"}
     expected_good = [name for name, kind in cases.items() if kind is None]
@@ -163,12 +163,12 @@ def test_bad_files_are_skipped_with_reasons_and_good_ones_extracted(flower_set, 
         assert {s["path"].split("/")[-1] for s in fs.skipped} == set(expected_bad)
     assert summary.skipped_by_kind and sum(summary.skipped_by_kind.values()) == len(expected_bad)
     # a rerun re-examines the bad files (they may have been fixed) but recomputes nothing good
-    again = extract(flower_set, store, backbone=backbone, batch_size=8, progress=False)
+    again = extract(photo_set, store, backbone=backbone, batch_size=8, progress=False)
     assert again.n_extracted == 0 and again.n_skipped == len(expected_bad)
 
 
 def test_extract_features_in_memory_keeps_order_and_marks_bad(tmp_path, backbone):
-    files = flower_files("rose", 3)
+    files = photo_files("coffee", 3)
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
     out = extract_features([files[0], bad, files[1], files[2]], backbone, batch_size=2)

@@ -2,7 +2,7 @@
 
 One extraction through the real ``featx.extract.extract`` (vendored MobileNet α=0.25 at
 TEST_SIZE), and one through the ``featx extract`` command line, over a class-folder set whose
-daisies share their folder with truncated, empty, mislabelled, hostile, unreadable, vanishing
+cats share their folder with truncated, empty, mislabelled, hostile, unreadable, vanishing
 and hanging files. Every case is one row of a table (one test id per file), so a failing kind is
 named. Also here: the per-image time limit of featx.pipeline.
 """
@@ -27,7 +27,7 @@ from PIL import Image
 
 import badfiles
 import featx.pipeline as pipeline_mod
-from conftest import REPO, TEST_SIZE, flower_files, make_flower_set, run_cli
+from conftest import REPO, TEST_SIZE, photo_files, make_photo_set, run_cli
 from featx.decode import SKIP_KINDS
 from featx.extract import extract
 from featx.sources import Item
@@ -65,12 +65,12 @@ def _rel(*parts: str) -> str:
 
 
 # The bad files of _build_tree, listed here so that each is its own test id.
-BAD_RELS = [_rel("daisy", "scraped", n) for n in SCRAPED_BAD] + [
-    _rel("daisy", "odd", n)
+BAD_RELS = [_rel("cat", "scraped", n) for n in SCRAPED_BAD] + [
+    _rel("cat", "odd", n)
     for n in ("photo_truncated.jpg", BAD_NAME, "self_loop.jpg", "pipe.jpg", "deleted.jpg", "hangs.jpg")
 ]
 
-GOOD_KINDS = [  # the awkward-but-valid files the issue lists (under daisy/); each must be in the store
+GOOD_KINDS = [  # the awkward-but-valid files the issue lists (under cat/); each must be in the store
     "scraped/cmyk.jpg", "scraped/cmyk_icc.jpg", "variants/photo_cmyk.jpg", "scraped/gray16.png",
     "variants/grey16.png", "variants/photo_rgb16.png", "scraped/gray16b.tiff",
     "scraped/palette_transparent.png", "variants/photo_palette_transparent.png", "scraped/la.png",
@@ -84,52 +84,52 @@ GOOD_KINDS = [  # the awkward-but-valid files the issue lists (under daisy/); ea
 
 
 def _build_tree(root: Path) -> tuple[dict[str, Case], dict[str, Path]]:
-    """The folder: 12 daisies + 12 sunflowers (real photos) and, under daisy/, every case."""
-    make_flower_set(root, classes=("daisy", "sunflower"), n=12)
+    """The folder: 12 cats + 12 flowers (real photos) and, under cat/, every case."""
+    make_photo_set(root, classes=("cat", "flower"), n=12)
     cases: dict[str, Case] = {}
-    for cls in ("daisy", "sunflower"):
+    for cls in ("cat", "flower"):
         for f in sorted((root / cls).glob("*.jpg")):
             cases[_rel(cls, f.name)] = Case(None)
 
     # Class folders may have sub-folders: the generated cases of tests/badfiles.py in one.
-    scraped = root / "daisy" / "scraped"
+    scraped = root / "cat" / "scraped"
     for name, kind in badfiles.make_bad_files(scraped).items():
-        rel = _rel("daisy", "scraped", name)
+        rel = _rel("cat", "scraped", name)
         if name == "a_directory.jpg":
             continue  # a folder named like an image is walked as an (empty) folder, never listed
         if kind is None:
-            same = _rel("daisy", "scraped", "upright.png") if name == "exif_rotated.png" else None
+            same = _rel("cat", "scraped", "upright.png") if name == "exif_rotated.png" else None
             cases[rel] = Case(None, same_as=same)
         else:
             cases[rel] = Case(kind, SCRAPED_BAD[name])
 
     # Real photos (cropped to 128x96, so that a 90 degree EXIF turn changes the shape) in every mode.
-    spare = flower_files("daisy", 8, offset=40)  # none of them among the 12 daisies above
+    spare = photo_files("cat", 8, offset=40)  # none of them among the 12 cats above
     photo = np.asarray(Image.open(spare[0]).convert("RGB"))[:96]
     other = np.asarray(Image.open(spare[1]).convert("RGB"))[:96]
-    variants = badfiles.make_photo_variants(photo, other, root / "daisy" / "variants")
+    variants = badfiles.make_photo_variants(photo, other, root / "cat" / "variants")
     for name, ref in variants.items():
-        cases[_rel("daisy", "variants", name)] = Case(None, same_as=ref and _rel("daisy", "variants", ref))
+        cases[_rel("cat", "variants", name)] = Case(None, same_as=ref and _rel("cat", "variants", ref))
 
-    odd = root / "daisy" / "odd"
+    odd = root / "cat" / "odd"
     odd.mkdir()
     data = spare[2].read_bytes()
     (odd / "photo_truncated.jpg").write_bytes(data[: len(data) * 6 // 10])  # an aborted download
-    cases[_rel("daisy", "odd", "photo_truncated.jpg")] = Case("truncated", ("ends early", "jpeg"))
+    cases[_rel("cat", "odd", "photo_truncated.jpg")] = Case("truncated", ("ends early", "jpeg"))
     shutil.copy(spare[3], os.path.join(os.fsencode(odd), b"caf\xe9.jpg"))
-    cases[_rel("daisy", "odd", CAFE)] = Case(None)
+    cases[_rel("cat", "odd", CAFE)] = Case(None)
     Path(os.fsdecode(os.path.join(os.fsencode(odd), b"bad\xff.png"))).write_bytes(badfiles.HTML_404)
-    cases[_rel("daisy", "odd", BAD_NAME)] = Case("not_an_image", ("html page",))
+    cases[_rel("cat", "odd", BAD_NAME)] = Case("not_an_image", ("html page",))
     os.symlink("self_loop.jpg", odd / "self_loop.jpg")  # a link to itself: ELOOP when opened
-    cases[_rel("daisy", "odd", "self_loop.jpg")] = Case("unreadable", ("symbolic link", "back to itself"))
+    cases[_rel("cat", "odd", "self_loop.jpg")] = Case("unreadable", ("symbolic link", "back to itself"))
     os.mkfifo(odd / "pipe.jpg")  # opening it for reading would block forever without O_NONBLOCK
-    cases[_rel("daisy", "odd", "pipe.jpg")] = Case("unreadable", ("named pipe",))
+    cases[_rel("cat", "odd", "pipe.jpg")] = Case("unreadable", ("named pipe",))
     shutil.copy(spare[4], odd / "deleted.jpg")  # deleted after listing, before reading
-    cases[_rel("daisy", "odd", "deleted.jpg")] = Case("missing", ("no such file",))
+    cases[_rel("cat", "odd", "deleted.jpg")] = Case("missing", ("no such file",))
     shutil.copy(spare[5], odd / "hangs.jpg")  # its read blocks (think: a hung network share)
-    cases[_rel("daisy", "odd", "hangs.jpg")] = Case(
+    cases[_rel("cat", "odd", "hangs.jpg")] = Case(
         "timeout", ("longer than", f"limit of {HANG_TIMEOUT:g} s", "--image-timeout"))
-    os.symlink(root / "daisy", odd / "loop")  # a folder link back up the tree: must not hang
+    os.symlink(root / "cat", odd / "loop")  # a folder link back up the tree: must not hang
     (odd / "notes.txt").write_text("downloaded from somewhere\n")
     return cases, {"unreadable": spare[6], "locked": spare[7]}
 
@@ -154,7 +154,7 @@ def fault_run(tmp_path_factory, backbone) -> FaultRun:
     base = tmp_path_factory.mktemp("faults")
     root = base / "scraped_set"
     cases, spares = _build_tree(root)
-    deleted = root / "daisy" / "odd" / "deleted.jpg"
+    deleted = root / "cat" / "odd" / "deleted.jpg"
     release = threading.Event()
     real_decode, real_run = pipeline_mod.decode_file, pipeline_mod.run
 
@@ -188,13 +188,13 @@ def fault_run(tmp_path_factory, backbone) -> FaultRun:
 
 @pytest.mark.parametrize("name", GOOD_KINDS)
 def test_awkward_good_file_is_extracted(fault_run, name):
-    rel = "daisy/" + name
+    rel = "cat/" + name
     assert fault_run.cases[rel].kind is None
     assert rel not in fault_run.skipped, fault_run.skipped.get(rel)
     assert rel in fault_run.features, f"{rel} is not in the store"
     row = fault_run.features[rel]
     assert row.shape == (256,) and np.isfinite(row).all() and row.std() > 0
-    assert fault_run.labels[rel] == "daisy"
+    assert fault_run.labels[rel] == "cat"
     ref = fault_run.cases[rel].same_as
     if ref is not None:
         # a lossless variant (16-bit, TIFF, lossless WebP, opaque RGBA, EXIF-rotated, the GIF's
@@ -246,10 +246,10 @@ def test_folder_problems_are_reported_not_hung_on(fault_run):
 
 def test_exif_rotated_camera_jpeg_has_the_upright_photos_features(fault_run, backbone):
     # JPEG re-encodes the sideways pixels, so equal only up to JPEG noise; without the EXIF turn
-    # the features would be those of a sideways daisy, much further away.
-    rot = fault_run.features["daisy/variants/exif_o6_photo.jpg"]
-    up = fault_run.features["daisy/variants/upright_photo.jpg"]
-    with Image.open(fault_run.root / "daisy/variants/exif_o6_photo.jpg") as im:
+    # the features would be those of a sideways cat, much further away.
+    rot = fault_run.features["cat/variants/exif_o6_photo.jpg"]
+    up = fault_run.features["cat/variants/upright_photo.jpg"]
+    with Image.open(fault_run.root / "cat/variants/exif_o6_photo.jpg") as im:
         sideways = np.asarray(im.convert("RGB").resize((TEST_SIZE, TEST_SIZE), Image.Resampling.BILINEAR))
     side = backbone.predict(np.ascontiguousarray(sideways)[None])[0]
     assert np.linalg.norm(rot - up) < 0.25 * np.linalg.norm(side - up)
@@ -261,15 +261,15 @@ def test_non_utf8_file_names_are_stored_and_shown(fault_run):
     with FeatureStore(fault_run.store) as fs:
         paths = fs.paths.tolist()
         info = fs.info()
-    assert "daisy/odd/caf\\xe9.jpg" in paths
-    assert any(s["path"] == "daisy/odd/bad\\xff.png" for s in info["skipped"])
+    assert "cat/odd/caf\\xe9.jpg" in paths
+    assert any(s["path"] == "cat/odd/bad\\xff.png" for s in info["skipped"])
     json.dumps(info, ensure_ascii=False).encode("utf-8")
 
 
 def test_hanging_file_did_not_hold_up_the_others(fault_run):
     # The run went on: every image listed after hangs.jpg is in the store; and the abandoned
     # decode thread is gone once its read returned.
-    after = [p for p, c in fault_run.cases.items() if p > "daisy/odd/hangs.jpg" and c.kind is None]
+    after = [p for p, c in fault_run.cases.items() if p > "cat/odd/hangs.jpg" and c.kind is None]
     assert after and set(after) <= set(fault_run.paths)
     deadline = time.monotonic() + 10
     while any(t.name.startswith("featx-decode") for t in threading.enumerate()) and time.monotonic() < deadline:
@@ -316,7 +316,7 @@ def _denied_preexec(probe: Path):
 def test_cli_extract_reports_every_bad_file_and_extracts_every_good_one(fault_run, tmp_path):
     root, cases = fault_run.root, dict(fault_run.cases)
     # Now also files this user may not read: a photo and a whole sub-folder, both mode 000.
-    odd = root / "daisy" / "odd"
+    odd = root / "cat" / "odd"
     no_perm = odd / "no_permission.jpg"
     shutil.copy(fault_run.spares["unreadable"], no_perm)
     locked = odd / "locked"
@@ -326,9 +326,9 @@ def test_cli_extract_reports_every_bad_file_and_extracts_every_good_one(fault_ru
     locked.chmod(0)
     try:
         preexec = _denied_preexec(no_perm)
-        del cases["daisy/odd/deleted.jpg"]  # gone since run A
-        cases["daisy/odd/hangs.jpg"] = Case(None)  # nothing blocks its read in this process
-        cases["daisy/odd/no_permission.jpg"] = Case("unreadable", ("permission denied",))
+        del cases["cat/odd/deleted.jpg"]  # gone since run A
+        cases["cat/odd/hangs.jpg"] = Case(None)  # nothing blocks its read in this process
+        cases["cat/odd/no_permission.jpg"] = Case("unreadable", ("permission denied",))
         store = tmp_path / "cli.h5"
         r = subprocess.run(
             [sys.executable, "-m", "featx.cli", "extract", str(root), "--store", str(store), "--backbone",
@@ -358,7 +358,7 @@ def test_cli_extract_reports_every_bad_file_and_extracts_every_good_one(fault_ru
     assert {s["path"]: s["kind"] for s in data["skipped"]} == {p: c.kind for p, c in bad.items()}
     with FeatureStore(store) as fs:
         assert set(fs.paths.tolist()) == {p for p, c in cases.items() if c.kind is None}
-        assert "daisy/odd/caf\\xe9.jpg" in fs.paths.tolist()
+        assert "cat/odd/caf\\xe9.jpg" in fs.paths.tolist()
     text = run_cli("info", str(store), cwd=REPO)  # the plain-text listing prints the odd names too
     assert text.returncode == 0 and "bad\\xff.png" in text.stdout, text.stderr[-3000:]
 
@@ -370,8 +370,8 @@ def test_cli_extract_reports_every_bad_file_and_extracts_every_good_one(fault_ru
 
 
 def test_timeout_keeps_order_batches_and_features(backbone, monkeypatch):
-    files = flower_files("tulip", 11)
-    items = [Item(str(f), f.name, "tulip", "train") for f in files]
+    files = photo_files("rocket", 11)
+    items = [Item(str(f), f.name, "rocket", "train") for f in files]
     stuck = items[4].path
     release = threading.Event()
     real = pipeline_mod.decode_file
@@ -403,7 +403,7 @@ def test_timeout_keeps_order_batches_and_features(backbone, monkeypatch):
 def test_stuck_decode_does_not_block_process_exit():
     # A worker stuck for good (a read on a dead NFS mount) must neither stall the run nor keep the
     # process alive at exit. No model needed: this is the thread pool alone.
-    files = [str(f) for f in flower_files("rose", 6)]
+    files = [str(f) for f in photo_files("coffee", 6)]
     code = textwrap.dedent(f"""
         import threading, featx.pipeline as p
         files = {files!r}
@@ -468,10 +468,10 @@ def test_decode_threads_grow_only_while_the_consumer_waits_for_them():
     assert len(threads_used(0.0, 0.002)) == 2  # fast work, slow consumer: no extra thread
 
 
-def test_image_timeout_is_validated(flower_set, tmp_path, backbone):
+def test_image_timeout_is_validated(photo_set, tmp_path, backbone):
     for bad in (0, -1, float("nan"), "60", True):
         with pytest.raises(ValueError, match="image_timeout"):
-            extract(flower_set, tmp_path / "s.h5", backbone=backbone, image_timeout=bad, progress=False)
+            extract(photo_set, tmp_path / "s.h5", backbone=backbone, image_timeout=bad, progress=False)
     assert not (tmp_path / "s.h5").exists()  # refused before anything was read or written
     from featx.cli import build_parser
 

@@ -11,27 +11,27 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import TEST_SIZE, make_flower_set, run_cli
+from conftest import TEST_SIZE, make_photo_set, run_cli
 from featx import finetune as ft
 from featx.backbones import Backbone
 from featx.decode import decode_file
 from featx.linear import UnsafeModelError, train
 from featx.sources import from_directory
 
-CLASSES = ("daisy", "sunflower")
+CLASSES = ("cat", "flower")
 
 
 @pytest.fixture(scope="module")
-def flower_splits(tmp_path_factory):
+def photo_splits(tmp_path_factory):
     """Split folders: 24 train and 8 validation photos per class."""
-    return make_flower_set(tmp_path_factory.mktemp("ft") / "flowers", classes=CLASSES,
+    return make_photo_set(tmp_path_factory.mktemp("ft") / "photos", classes=CLASSES,
                            splits={"train": (24, 0), "validation": (8, 24)})
 
 
 @pytest.fixture(scope="module")
-def finetuned(flower_splits, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ftmodel") / "flowers.keras"
-    result = ft.finetune(flower_splits, out, backbone="mobilenet_0.25", image_size=TEST_SIZE, epochs=3,
+def finetuned(photo_splits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ftmodel") / "photos.keras"
+    result = ft.finetune(photo_splits, out, backbone="mobilenet_0.25", image_size=TEST_SIZE, epochs=3,
                          batch_size=16, patience=2, lr=3e-4, seed=0)
     return result, out
 
@@ -40,10 +40,10 @@ def _pixels(paths) -> np.ndarray:
     return np.stack([decode_file(p, (TEST_SIZE, TEST_SIZE)).pixels for p in paths])
 
 
-@pytest.mark.parametrize("classes", [CLASSES, ("daisy", "sunflower", "tulip")], ids=["binary", "3-class"])
+@pytest.mark.parametrize("classes", [CLASSES, ("cat", "flower", "rocket")], ids=["binary", "3-class"])
 def test_head_from_the_probe_predicts_exactly_what_the_probe_predicts(tmp_path, backbone, classes):
     """LP-FT starts where feature transfer ended: the untrained model == scaler → logistic regression."""
-    root = make_flower_set(tmp_path / "set", classes=classes, n=10)
+    root = make_photo_set(tmp_path / "set", classes=classes, n=10)
     image_set = from_directory(root)
     pixels = _pixels([it.path for it in image_set.items])
     y = np.array([image_set.label_names.index(it.label) for it in image_set.items])
@@ -77,7 +77,7 @@ def test_unfreeze_takes_whole_top_blocks_and_never_batchnorm(name, last_two):
     assert ft.unfreeze_top(base, 0) == [] and not base.trainable_weights
 
 
-def test_finetune_trains_the_top_keeps_the_rest_and_records_everything(finetuned, flower_splits):
+def test_finetune_trains_the_top_keeps_the_rest_and_records_everything(finetuned, photo_splits):
     result, out = finetuned
     assert result.label_names == list(CLASSES) and result.n_fit + result.n_monitor == 48
     assert result.n_monitor >= 2 and result.probe["features_from"] == "computed"
@@ -103,7 +103,7 @@ def test_finetune_trains_the_top_keeps_the_rest_and_records_everything(finetuned
     assert top_changed == (result.best_epoch > 0)
 
     # the kept weights really are the ones that scored best_val_loss on the monitor set
-    items = [it for it in ft.assign_splits(from_directory(flower_splits)).items if it.split == "train"]
+    items = [it for it in ft.assign_splits(from_directory(photo_splits)).items if it.split == "train"]
     _, monitor = ft.carve_monitor_split(items, 0.1, 0)
     probs = np.asarray(model.predict_on_batch(_pixels([it.path for it in monitor])))
     y = np.array([result.label_names.index(it.label) for it in monitor])
@@ -121,7 +121,7 @@ def test_finetune_trains_the_top_keeps_the_rest_and_records_everything(finetuned
     assert meta["data"]["layout"] == "split_folders" and len(meta["train_sha256"]) == 48
 
 
-def test_saved_model_loads_in_safe_mode_without_featx(finetuned, flower_splits):
+def test_saved_model_loads_in_safe_mode_without_featx(finetuned, photo_splits):
     _, out = finetuned
     script = ("import sys, keras, numpy as np\n"
               "m = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
@@ -135,9 +135,9 @@ def test_saved_model_loads_in_safe_mode_without_featx(finetuned, flower_splits):
     assert dtype == "uint8" and float(total) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_predict_and_evaluate_commands_take_the_finetuned_model(finetuned, flower_splits, tmp_path):
+def test_predict_and_evaluate_commands_take_the_finetuned_model(finetuned, photo_splits, tmp_path):
     _, out = finetuned
-    proc = run_cli("evaluate", str(out), str(flower_splits), "--split", "validation", "--json",
+    proc = run_cli("evaluate", str(out), str(photo_splits), "--split", "validation", "--json",
                    "--confusion-png", str(tmp_path / "cm.png"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout)
@@ -145,7 +145,7 @@ def test_predict_and_evaluate_commands_take_the_finetuned_model(finetuned, flowe
     assert sum(map(sum, res["confusion_matrix"])) == 16 and (tmp_path / "cm.png").stat().st_size > 1000
     accuracy = res["accuracy"]
 
-    val = sorted((flower_splits / "validation").rglob("*.jpg"))
+    val = sorted((photo_splits / "validation").rglob("*.jpg"))
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(val[0].read_bytes()[:300])
     proc = run_cli("predict", str(out), *map(str, val), str(broken), "--json")
@@ -196,7 +196,7 @@ def test_a_plain_keras_file_or_junk_is_not_taken_for_a_featx_model(tmp_path):
         ft.load_model(tmp_path / "junk.keras")
 
 
-def test_arguments_are_checked_before_any_work(flower_splits, tmp_path):
+def test_arguments_are_checked_before_any_work(photo_splits, tmp_path):
     assert ft.parse_augment("flip, zoom,none") == ("flip", "zoom")
     assert ft.parse_augment(None) == () and ft.parse_augment("none") == ()
     cases = [
@@ -209,17 +209,17 @@ def test_arguments_are_checked_before_any_work(flower_splits, tmp_path):
     ]
     for kwargs, message in cases:
         with pytest.raises(ft.FinetuneError, match=message):
-            ft.finetune(flower_splits, tmp_path / "m.keras", backbone="mobilenet_0.25", **kwargs)
+            ft.finetune(photo_splits, tmp_path / "m.keras", backbone="mobilenet_0.25", **kwargs)
     with pytest.raises(ft.FinetuneError, match=r"\.keras"):
-        ft.finetune(flower_splits, tmp_path / "m.h5", backbone="mobilenet_0.25")
-    one_class = make_flower_set(tmp_path / "one", classes=("daisy",), n=4)
+        ft.finetune(photo_splits, tmp_path / "m.h5", backbone="mobilenet_0.25")
+    one_class = make_photo_set(tmp_path / "one", classes=("cat",), n=4)
     with pytest.raises(ft.FinetuneError, match="at least 2 classes"):
         ft.finetune(one_class, tmp_path / "m.keras", backbone="mobilenet_0.25")
 
 
 def test_random_head_mixed_precision_and_class_weights(tmp_path):
     """Phase one with a fresh head, bfloat16 compute, balanced class weights: trains and loads."""
-    root = make_flower_set(tmp_path / "set", n=10)
+    root = make_photo_set(tmp_path / "set", n=10)
     out = tmp_path / "m.keras"
     result = ft.finetune(root, out, backbone="mobilenet_0.25", image_size=64, epochs=1, head_init="random",
                          head_epochs=1, batch_size=8, mixed_precision="bfloat16", class_weight="balanced",
@@ -242,7 +242,7 @@ print(json.dumps({"history": r.history, "n_fit": r.n_fit}))
 
 
 def test_finetune_under_the_jax_backend(tmp_path):
-    root = make_flower_set(tmp_path / "set", n=10)
+    root = make_photo_set(tmp_path / "set", n=10)
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(root), str(tmp_path / "jax.keras")],
                           capture_output=True, text=True, env=env, timeout=400)

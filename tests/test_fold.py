@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import flower_files
+from conftest import photo_files
 from featx.backbones import Backbone
 from featx.decode import decode_file
 from featx.fold import fold_batchnorm
@@ -51,7 +51,7 @@ def test_vendored_backbone_folds_every_batchnorm_and_keeps_real_features():
     import keras
 
     bb = Backbone.build("mobilenet_0.25", weights="imagenet")
-    pixels = np.stack([decode_file(f, (224, 224)).pixels for f in flower_files("daisy", 4)])
+    pixels = np.stack([decode_file(f, (224, 224)).pixels for f in photo_files("cat", 4)])
     got = bb.predict(pixels)
     assert bb.n_folded == 27
     layers = bb.inference_model._flatten_layers(include_self=False)

@@ -14,12 +14,12 @@ from PIL import Image
 
 import browser
 from browser import render_in_chromium
-from conftest import flower_files
+from conftest import photo_files
 from featx.metrics import evaluate
 from featx.report import compute_verdict, embedding_2d, write_report
 
 NASTY = '<b>&"x'  # a class name that must come out escaped everywhere
-LABELS = ["daisy", "sunflower", NASTY]
+LABELS = ["cat", "flower", NASTY]
 
 
 def _predictions(n: int, n_wrong: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,9 +51,9 @@ def _model(name: str, kind: str, n_wrong: int, *, n: int = 200, train_seconds: f
 
 
 def _wrong_items() -> list[dict]:
-    files = flower_files("daisy", 3) + flower_files("sunflower", 2) + flower_files("tulip", 2)
-    truths = ["daisy"] * 3 + ["sunflower"] * 2 + [NASTY] * 2
-    preds = ["sunflower", NASTY, "sunflower", "daisy", NASTY, "daisy", "sunflower"]
+    files = photo_files("cat", 3) + photo_files("flower", 2) + photo_files("rocket", 2)
+    truths = ["cat"] * 3 + ["flower"] * 2 + [NASTY] * 2
+    preds = ["flower", NASTY, "flower", "cat", NASTY, "cat", "flower"]
     return [
         {"path": str(f), "true": t, "pred": p, "confidence": round(0.99 - 0.05 * i, 2)}
         for i, (f, t, p) in enumerate(zip(files, truths, preds))
@@ -86,9 +86,9 @@ def make_report(*, probe_wrong=(19, 25), finetune_wrong: int | None = 18, random
         finetune = {"history": _history(), "best_epoch": 5,
                     "settings": {"epochs": 6, "unfreeze": 2, "lr": 1e-4, "augment": ["flip", "rotate"]}}
     return {
-        "title": "featx compare: flowers <test>",
+        "title": "featx compare: photos <test>",
         "created": "2026-11-28T10:00:00+0000",
-        "data": {"source": "/data/flowers & co", "label_names": LABELS,
+        "data": {"source": "/data/photos & co", "label_names": LABELS,
                  "splits": {"train": 900, "validation": 200}, "eval_split": "validation"},
         "backbone": {"name": "mobilenet_0.25", "weights": "none" if random_weights else "imagenet",
                      "image_size": [96, 96], "fingerprint_id": "abcd1234", "random_weights": random_weights},
@@ -217,7 +217,7 @@ def test_json_is_strict_with_nan_and_numpy(tmp_path):
 def test_markdown_has_verdict_tables_and_relative_assets(written):
     md = (written["out"] / "report.md").read_text(encoding="utf-8")
     data = json.loads((written["out"] / "report.json").read_text(encoding="utf-8"))
-    assert md.startswith("# featx compare: flowers &lt;test&gt;\n")
+    assert md.startswith("# featx compare: photos &lt;test&gt;\n")
     # the verdict comes first, before any table
     assert md.index("Fine-tuning wins by 0.5 points") < md.index("| model |")
     assert "(+0.5 points) at 14\u00d7 the training time (400 s vs 28.3 s for feature extraction" in md
@@ -246,7 +246,7 @@ def test_html_is_self_contained_and_escaped(written):
     assert srcs and all(s.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for s in srcs)
     assert NASTY not in page
     assert "&lt;b&gt;&amp;&quot;x" in page
-    assert "bad &lt;1&gt;.jpg" in page and "/data/flowers &amp; co" in page
+    assert "bad &lt;1&gt;.jpg" in page and "/data/photos &amp; co" in page
     for marker in ('<table class="models" id="models-table">', '<table class="per-class">',
                    '<img class="confusion"', '<img class="learning-curves"', '<img class="embedding"',
                    '<img class="wrong"', '<table class="skipped">', '<table class="history">',
@@ -362,9 +362,9 @@ def test_unreadable_thumbnails_become_placeholders(tmp_path):
     not_image.write_text("<html>not an image</html>")
     report = make_report(finetune_wrong=None)
     report["models"][0]["wrong"] = [
-        {"path": str(tmp_path / "gone.jpg"), "true": "daisy", "pred": NASTY, "confidence": 0.97},
-        {"path": str(not_image), "true": "daisy", "pred": "sunflower", "confidence": None},
-        {"path": str(flower_files("rose", 1)[0]), "true": "sunflower", "pred": "daisy", "confidence": 0.9},
+        {"path": str(tmp_path / "gone.jpg"), "true": "cat", "pred": NASTY, "confidence": 0.97},
+        {"path": str(not_image), "true": "cat", "pred": "flower", "confidence": None},
+        {"path": str(photo_files("coffee", 1)[0]), "true": "flower", "pred": "cat", "confidence": 0.9},
     ]
     report["models"][1]["wrong"] = []
     paths = write_report(report, tmp_path / "out")
@@ -372,7 +372,7 @@ def test_unreadable_thumbnails_become_placeholders(tmp_path):
     assert page.count('class="wrong-item missing"') == 2
     assert "image unavailable: file not found" in page and "not_an_image" in page
     assert page.count('<img class="wrong"') == 1
-    assert "daisy \u2192 &lt;b&gt;&amp;&quot;x (0.97)" in page
+    assert "cat \u2192 &lt;b&gt;&amp;&quot;x (0.97)" in page
     md = open(paths["md"], encoding="utf-8").read()
     assert "image unavailable (file not found)" in md
 
@@ -384,7 +384,7 @@ def test_unreadable_thumbnails_become_placeholders(tmp_path):
 def test_html_renders_in_chromium(written, tmp_path):
     page = (written["out"] / "report.html").read_text(encoding="utf-8")
     facts = render_in_chromium(written["paths"]["html"], tmp_path)
-    assert facts["title"] == "featx compare: flowers <test>"
+    assert facts["title"] == "featx compare: photos <test>"
     assert facts["tables"] == page.count("<table") > 0
     n_img = page.count("<img ")
     assert facts["images"] == n_img == 3 + 1 + 1 + (5 + 5 + 7)  # confusion, curves, map, thumbnails

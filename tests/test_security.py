@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import skops.io as sio
 
-from conftest import TEST_SIZE, make_flower_set, run_cli
+from conftest import TEST_SIZE, make_photo_set, run_cli
 from featx import linear
 from featx.backbones import Backbone, fingerprint_id
 from featx.classify import evaluate_store, train_store
@@ -34,7 +34,7 @@ from featx.store import FeatureStore, Rows, StoreError, StoreWriter
 def real(tmp_path_factory, backbone):
     """A real store of flower photos and a real featx classifier trained on it."""
     tmp = tmp_path_factory.mktemp("security")
-    data = make_flower_set(tmp / "flowers", classes=("daisy", "sunflower"), n=10)
+    data = make_photo_set(tmp / "photos", classes=("cat", "flower"), n=10)
     store, model = tmp / "s.h5", tmp / "m.skops"
     extract(data, store, backbone=backbone, batch_size=8, progress=False)
     train_store(store, model, classifier="logreg", penalty="l2", cv=2, n_jobs=1)
@@ -229,7 +229,7 @@ def _hide_a_bad_file(f: h5py.File) -> None:
 
 @pytest.mark.parametrize("edit,columns", [
     (lambda f: f["label"].__setitem__(3, 1 - f["label"][3]), ["label"]),  # a relabelled image
-    (lambda f: f["path"].__setitem__(0, "daisy/other.jpg"), ["path"]),
+    (lambda f: f["path"].__setitem__(0, "cat/other.jpg"), ["path"]),
     (lambda f: f["split"].__setitem__(0, "validation" if f["split"][0] == b"train" else "train"), ["split"]),
     (_hide_a_bad_file, [f"skipped/{c}" for c in ("kind", "mtime_ns", "nbytes", "path", "reason", "sha256")]),
 ], ids=["label", "path", "split", "skipped"])

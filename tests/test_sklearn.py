@@ -16,7 +16,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from conftest import TEST_SIZE, flower_files
+from conftest import TEST_SIZE, photo_files
 from featx.sklearn import FeatureExtractionError, FeatureExtractor
 from featx.store import FeatureStore, FingerprintMismatch
 
@@ -27,7 +27,7 @@ def fx(**kw) -> FeatureExtractor:
 
 @pytest.fixture(scope="module")
 def photos():
-    return [str(p) for cls in ("daisy", "sunflower") for p in flower_files(cls, 6)]
+    return [str(p) for cls in ("cat", "flower") for p in photo_files(cls, 6)]
 
 
 # -- sklearn's own estimator checks ------------------------------------------------------------------
@@ -137,7 +137,7 @@ def test_accepts_lists_arrays_series_dataframes(photos):
 
 def test_image_arrays_equal_paths_for_lossless_files(tmp_path):
     rng = np.random.default_rng(0)
-    arrays = np.stack([np.asarray(Image.open(p).convert("RGB").resize((80, 60))) for p in flower_files("rose", 3)])
+    arrays = np.stack([np.asarray(Image.open(p).convert("RGB").resize((80, 60))) for p in photo_files("coffee", 3)])
     paths = []
     for i, a in enumerate(arrays):
         paths.append(str(tmp_path / f"{i}.png"))
@@ -193,13 +193,13 @@ def test_cache_runs_the_cnn_once_per_image(photos, tmp_path):
 
 
 def test_pipeline_grid_search_runs_cnn_once_per_image(tmp_path):
-    files = [str(p) for p in flower_files("daisy", 20)] + [str(p) for p in flower_files("sunflower", 20)]
+    files = [str(p) for p in photo_files("cat", 20)] + [str(p) for p in photo_files("flower", 20)]
     y = np.array([0] * 20 + [1] * 20)
     cache = tmp_path / "gs.h5"
     pipe = make_pipeline(fx(cache=str(cache)), LogisticRegression(max_iter=2000))
     search = GridSearchCV(pipe, {"logisticregression__C": [0.01, 0.1, 1.0]}, cv=3, n_jobs=2)
     search.fit(files, y)
-    assert search.best_score_ > 0.7  # daisy vs sunflower, 27 training photos per fold at 96 px (chance 0.5)
+    assert search.best_score_ > 0.7  # cat vs flower, 27 training photos per fold at 96 px (chance 0.5)
     with FeatureStore(cache) as fs:
         assert len(fs) == 40
         assert fs.cnn_rows_total == 40  # every fold, both workers and the refit: each image once

@@ -8,24 +8,24 @@ from collections import Counter
 
 import pytest
 
-from conftest import make_flower_set
+from conftest import make_photo_set
 from featx.sources import SourceError, assign_splits, from_csv, from_directory, from_paths, load_source
 
 
 def test_class_folders(tmp_path):
-    root = make_flower_set(tmp_path / "d", classes=("daisy", "rose"), n=5)
+    root = make_photo_set(tmp_path / "d", classes=("cat", "coffee"), n=5)
     (root / "notes.txt").write_text("hello")
-    (root / "daisy" / ".DS_Store").write_text("x")
-    (root / "stray.jpg").write_bytes((root / "daisy").iterdir().__next__().read_bytes())
+    (root / "cat" / ".DS_Store").write_text("x")
+    (root / "stray.jpg").write_bytes((root / "cat").iterdir().__next__().read_bytes())
     s = from_directory(root)
-    assert s.layout == "class_folders" and s.label_names == ["daisy", "rose"]
+    assert s.layout == "class_folders" and s.label_names == ["cat", "coffee"]
     assert len(s.items) == 10 and all(i.split is None for i in s.items)
     assert all(i.relpath.startswith(i.label + "/") for i in s.items)
     assert any("outside any class folder" in msg for msg in s.ignored)
 
 
 def test_split_folders_with_val_alias(tmp_path):
-    root = make_flower_set(tmp_path / "d", classes=("daisy", "rose"), splits={"train": (4, 0), "val": (2, 4)})
+    root = make_photo_set(tmp_path / "d", classes=("cat", "coffee"), splits={"train": (4, 0), "val": (2, 4)})
     s = from_directory(root)
     assert s.layout == "split_folders" and s.has_splits
     assert s.split_counts() == {"train": 8, "validation": 4}
@@ -42,29 +42,29 @@ def test_empty_or_missing_directory_is_a_clear_error(tmp_path):
 
 
 def test_symlink_loop_does_not_hang(tmp_path):
-    root = make_flower_set(tmp_path / "d", classes=("daisy",), n=3)
-    os.symlink(root / "daisy", root / "daisy" / "loop")
+    root = make_photo_set(tmp_path / "d", classes=("cat",), n=3)
+    os.symlink(root / "cat", root / "cat" / "loop")
     s = from_directory(root)
     assert len(s.items) == 3
-    assert any("daisy/loop: symlink loop back to" in msg for msg in s.ignored), s.ignored
+    assert any("cat/loop: symlink loop back to" in msg for msg in s.ignored), s.ignored
 
 
 def test_second_link_to_a_folder_is_read_once_and_said(tmp_path):
-    root = make_flower_set(tmp_path / "d", classes=("daisy",), n=2)
+    root = make_photo_set(tmp_path / "d", classes=("cat",), n=2)
     shared = tmp_path / "shared_photos"
-    shutil.copytree(root / "daisy", shared)
-    os.symlink(shared, root / "daisy" / "a")
-    os.symlink(shared, root / "daisy" / "b")
+    shutil.copytree(root / "cat", shared)
+    os.symlink(shared, root / "cat" / "a")
+    os.symlink(shared, root / "cat" / "b")
     s = from_directory(root)
     assert len(s.items) == 4  # the 2 photos + the 2 shared ones, once
-    assert any("daisy/b: a second link to the folder" in msg and msg.endswith("not read twice")
+    assert any("cat/b: a second link to the folder" in msg and msg.endswith("not read twice")
                for msg in s.ignored), s.ignored
 
 
 def test_unlistable_folder_is_reported_not_dropped(tmp_path, monkeypatch):
     # (For real, with mode 000 and a user who is refused, in test_faults' command-line run.)
-    root = make_flower_set(tmp_path / "d", classes=("daisy",), n=2)
-    (root / "daisy" / "private").mkdir()
+    root = make_photo_set(tmp_path / "d", classes=("cat",), n=2)
+    (root / "cat" / "private").mkdir()
     real_scandir = os.scandir
 
     def scandir(path="."):
@@ -75,17 +75,17 @@ def test_unlistable_folder_is_reported_not_dropped(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "scandir", scandir)
     s = from_directory(root)
     assert len(s.items) == 2
-    assert any(m.endswith("daisy/private: folder could not be read (Permission denied); its files were not taken")
+    assert any(m.endswith("cat/private: folder could not be read (Permission denied); its files were not taken")
                for m in s.ignored), s.ignored
 
 
 def test_csv_manifest(tmp_path):
-    root = make_flower_set(tmp_path / "d", classes=("daisy", "rose"), n=3)
+    root = make_photo_set(tmp_path / "d", classes=("cat", "coffee"), n=3)
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
     lines = ["path,label,split"] + [f"{f},{f.split('/')[0]},{'train' if i % 2 else 'val'}" for i, f in enumerate(files)]
     (root / "m.csv").write_text("\n".join(lines))
     s = load_source(root / "m.csv")
-    assert s.layout == "csv" and s.has_splits and s.label_names == ["daisy", "rose"]
+    assert s.layout == "csv" and s.has_splits and s.label_names == ["cat", "coffee"]
     assert Counter(i.split for i in s.items) == {"train": 3, "validation": 3}
 
 
@@ -93,7 +93,7 @@ def test_csv_manifest(tmp_path):
     # missing columns, or no header at all
     ("file,label\na.jpg,x\n", r"m.csv:1: the header needs columns path,label\[,split\]; .* without path$"),
     ("path\na.jpg\n", r"m.csv:1: .* without label$"),
-    ("a.jpg,daisy\nb.jpg,rose\n", r"m.csv:1: .*it looks like data: add a header line"),
+    ("a.jpg,cat\nb.jpg,coffee\n", r"m.csv:1: .*it looks like data: add a header line"),
     ("path,label,label\na.jpg,x,y\n", r"m.csv:1: column 'label' appears twice"),
     # rows that do not fit the header
     ("path,label\na.jpg,x\nb.jpg,y,extra\n", r"m.csv:3: 3 fields but the header has 2 .*double quotes"),
@@ -136,12 +136,12 @@ def test_csv_bom_crlf_quotes_and_extra_columns_are_fine(tmp_path):
     # Excel's "CSV UTF-8": byte-order mark, CRLF, quoted values; header case/spaces and an extra
     # column are tolerated.
     m.write_bytes("\ufeff Path ,LABEL,Split,notes\r\n"
-                  '"a, b.jpg",daisy,train,"said ""hi"""\r\n'
-                  "c\u00e9.jpg, rose ,val,\r\n".encode("utf-8"))
+                  '"a, b.jpg",cat,train,"said ""hi"""\r\n'
+                  "c\u00e9.jpg, coffee ,val,\r\n".encode("utf-8"))
     s = from_csv(m)
-    assert [(i.relpath, i.label, i.split) for i in s.items] == [("a, b.jpg", "daisy", "train"),
-                                                                 ("c\u00e9.jpg", "rose", "validation")]
-    assert s.label_names == ["daisy", "rose"] and s.split_method == {"method": "manifest"}
+    assert [(i.relpath, i.label, i.split) for i in s.items] == [("a, b.jpg", "cat", "train"),
+                                                                 ("c\u00e9.jpg", "coffee", "validation")]
+    assert s.label_names == ["cat", "coffee"] and s.split_method == {"method": "manifest"}
 
 
 def test_csv_not_utf8_names_the_line(tmp_path):
@@ -156,24 +156,24 @@ def test_csv_not_utf8_names_the_line(tmp_path):
 
 def test_csv_unknown_labels_against_declared_label_names(tmp_path):
     m = tmp_path / "m.csv"
-    m.write_text("path,label\na.jpg,daisy\nb.jpg,diasy\n")
-    assert from_csv(m).label_names == ["daisy", "diasy"]  # nothing declared: every label is a class
+    m.write_text("path,label\na.jpg,cat\nb.jpg,diasy\n")
+    assert from_csv(m).label_names == ["cat", "diasy"]  # nothing declared: every label is a class
     with pytest.raises(SourceError, match=r"m.csv:3: unknown label 'diasy' for 'b.jpg'; the declared labels "
-                                          r"are daisy, rose \(did you mean 'daisy'\?\)"):
-        from_csv(m, label_names=["daisy", "rose"])
+                                          r"are cat, coffee \(did you mean 'cat'\?\)"):
+        from_csv(m, label_names=["cat", "coffee"])
     with pytest.raises(SourceError, match=r"m.csv:3: unknown label 'diasy'"):
-        load_source(m, label_names=["daisy", "rose"])
-    assert from_csv(m, label_names=["daisy", "diasy", "rose"]).label_names == ["daisy", "diasy"]
-    for bad in ("daisy,rose", [], ["daisy", " "]):
+        load_source(m, label_names=["cat", "coffee"])
+    assert from_csv(m, label_names=["cat", "diasy", "coffee"]).label_names == ["cat", "diasy"]
+    for bad in ("cat,coffee", [], ["cat", " "]):
         with pytest.raises(SourceError, match="label"):
             from_csv(m, label_names=bad)
 
 
 def test_class_folders_against_declared_label_names(tmp_path):
-    root = make_flower_set(tmp_path / "d", classes=("daisy", "rose"), n=1)
-    assert load_source(root, label_names=["daisy", "rose", "tulip"]).label_names == ["daisy", "rose"]
-    with pytest.raises(SourceError, match=r"class folder\(s\) 'rose' are not among the declared labels daisy"):
-        load_source(root, label_names=["daisy"])
+    root = make_photo_set(tmp_path / "d", classes=("cat", "coffee"), n=1)
+    assert load_source(root, label_names=["cat", "coffee", "rocket"]).label_names == ["cat", "coffee"]
+    with pytest.raises(SourceError, match=r"class folder\(s\) 'coffee' are not among the declared labels cat"):
+        load_source(root, label_names=["cat"])
 
 
 def test_csv_symlink_out_of_the_folder_is_refused_unless_allowed(tmp_path):
@@ -197,12 +197,12 @@ def test_csv_outside_root_allowed_when_asked(tmp_path):
 
 
 def test_seeded_stratified_split_is_stable_when_files_are_added(tmp_path):
-    root = make_flower_set(tmp_path / "d", classes=("daisy", "rose"), n=10)
+    root = make_photo_set(tmp_path / "d", classes=("cat", "coffee"), n=10)
     a = assign_splits(from_directory(root), validation_fraction=0.3, seed=1)
     b = assign_splits(from_directory(root), validation_fraction=0.3, seed=1)
     assert [i.split for i in a.items] == [i.split for i in b.items]  # deterministic
     per_class = Counter((i.label, i.split) for i in a.items)
-    assert per_class[("daisy", "validation")] == 3 and per_class[("rose", "validation")] == 3
+    assert per_class[("cat", "validation")] == 3 and per_class[("coffee", "validation")] == 3
     c = assign_splits(from_directory(root), validation_fraction=0.3, seed=2)
     assert [i.split for i in a.items] != [i.split for i in c.items]  # the seed matters
     assert a.split_method == {"method": "stratified-hash", "validation_fraction": 0.3, "test_fraction": 0.0, "seed": 1}
@@ -211,7 +211,7 @@ def test_seeded_stratified_split_is_stable_when_files_are_added(tmp_path):
 
 
 def test_path_list(tmp_path):
-    root = make_flower_set(tmp_path / "d", classes=("daisy",), n=2)
+    root = make_photo_set(tmp_path / "d", classes=("cat",), n=2)
     files = sorted(root.rglob("*.jpg"))
     s = from_paths(files, labels=["a", "b"])
     assert s.layout == "paths" and [i.label for i in s.items] == ["a", "b"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_SIZE, make_flower_set, run_cli
+from conftest import TEST_SIZE, make_photo_set, run_cli
 from featx.extract import extract
 from featx.oom import OutOfMemory, is_out_of_memory
 from featx.store import FeatureStore, StoreFull, StoreWriter
@@ -23,7 +23,7 @@ from storecheck import (assert_complete, assert_sane, cli_args, features_by_path
                         rerun, start_cli)
 
 BATCH = 4
-CLASSES = ("daisy", "rose", "tulip")
+CLASSES = ("cat", "coffee", "rocket")
 
 
 def _wait_for_parts(proc: subprocess.Popen, store: Path, n: int, timeout: float = 240) -> None:
@@ -36,17 +36,17 @@ def _wait_for_parts(proc: subprocess.Popen, store: Path, n: int, timeout: float 
 
 
 @pytest.fixture(scope="module")
-def flowers(tmp_path_factory, backbone):
+def photos(tmp_path_factory, backbone):
     """60 real photos (15 batches of 4) and a clean run's features of them."""
     tmp = tmp_path_factory.mktemp("faults")
-    data = make_flower_set(tmp / "flowers", classes=CLASSES, n=20)
+    data = make_photo_set(tmp / "photos", classes=CLASSES, n=20)
     extract(data, tmp / "clean.h5", backbone=backbone, batch_size=BATCH, workers=1, progress=False)
     return data, features_by_path(tmp / "clean.h5")
 
 
 # -- concurrent writers and readers ------------------------------------------------------------------
-def test_second_writer_refused_and_readers_read_while_the_first_writes(tmp_path, flowers):
-    data, clean = flowers
+def test_second_writer_refused_and_readers_read_while_the_first_writes(tmp_path, photos):
+    data, clean = photos
     allowed = relpaths(data)
     store = tmp_path / "s.h5"
     first = start_cli(data, store)
@@ -108,8 +108,8 @@ def _fill(path: Path) -> None:
         os.close(fd)
 
 
-def test_disk_full_mid_run_is_a_clear_error_then_rerun_completes(tmp_path, small_disk, flowers, backbone):
-    data, clean = flowers
+def test_disk_full_mid_run_is_a_clear_error_then_rerun_completes(tmp_path, small_disk, photos, backbone):
+    data, clean = photos
     allowed = relpaths(data)
     store = small_disk / "s.h5"
     proc = start_cli(data, store)
@@ -130,8 +130,8 @@ def test_disk_full_mid_run_is_a_clear_error_then_rerun_completes(tmp_path, small
     assert_complete(store, allowed, clean)
 
 
-def test_disk_full_while_merging_keeps_the_journal(tmp_path, small_disk, flowers, backbone, monkeypatch):
-    data, clean = flowers
+def test_disk_full_while_merging_keeps_the_journal(tmp_path, small_disk, photos, backbone, monkeypatch):
+    data, clean = photos
     allowed = relpaths(data)
     store = small_disk / "s.h5"
     real = StoreWriter.consolidate
@@ -198,7 +198,7 @@ def test_other_errors_are_not_out_of_memory(exc):
 
 
 def test_out_of_memory_halves_the_batch_and_goes_on(tmp_path, backbone, monkeypatch, caplog):
-    data = make_flower_set(tmp_path / "flowers", classes=CLASSES, n=8)
+    data = make_photo_set(tmp_path / "photos", classes=CLASSES, n=8)
     allowed = relpaths(data)
     extract(data, tmp_path / "clean.h5", backbone=backbone, batch_size=8, workers=1, progress=False)
     real, calls = backbone.predict, []
@@ -223,7 +223,7 @@ def test_out_of_memory_halves_the_batch_and_goes_on(tmp_path, backbone, monkeypa
 
 
 def test_out_of_memory_at_batch_1_fails_clearly_and_keeps_what_was_committed(tmp_path, backbone, monkeypatch):
-    data = make_flower_set(tmp_path / "flowers", classes=CLASSES, n=8)
+    data = make_photo_set(tmp_path / "photos", classes=CLASSES, n=8)
     allowed = relpaths(data)
     extract(data, tmp_path / "clean.h5", backbone=backbone, batch_size=BATCH, workers=1, progress=False)
     real, calls = backbone.predict, []
@@ -247,7 +247,7 @@ def test_out_of_memory_at_batch_1_fails_clearly_and_keeps_what_was_committed(tmp
 
 
 def test_other_model_errors_are_not_retried(tmp_path, backbone, monkeypatch):
-    data = make_flower_set(tmp_path / "flowers", classes=CLASSES[:1], n=4)
+    data = make_photo_set(tmp_path / "photos", classes=CLASSES[:1], n=4)
     calls = []
 
     def predict(pixels):
@@ -286,7 +286,7 @@ def test_auto_batch_size_follows_the_free_memory(backbone, monkeypatch):
 
 
 def test_extract_defaults_to_an_automatic_batch_and_records_it(tmp_path, backbone, caplog):
-    data = make_flower_set(tmp_path / "flowers", classes=CLASSES, n=8)
+    data = make_photo_set(tmp_path / "photos", classes=CLASSES, n=8)
     extract(data, tmp_path / "clean.h5", backbone=backbone, batch_size=8, progress=False)
     with caplog.at_level(logging.INFO, logger="featx"):
         summary = extract(data, tmp_path / "s.h5", backbone=backbone, progress=False)
