@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from featx.runtime import load_backend
+
 #: Bump when anything that changes feature values for the same image and weights changes
 #: (decode, colour handling, resize, normalisation); it is part of every fingerprint.
 # 2: JPEGs decode at M/8 DCT scales (simplejpeg), not only halves.
@@ -325,6 +327,7 @@ class Backbone:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         source = resolve_weights(spec, weights)
 
+        load_backend()  # first import of the backend, without its native start-up chatter
         import keras
 
         if source.kind == "none":

@@ -37,7 +37,7 @@ from featx.backbones import DEFAULT_BACKBONE, Backbone, normalization_layers, pi
 from featx.decode import DEFAULT_MAX_PIXELS
 from featx.fold import fold_batchnorm
 from featx.oom import BackoffPredictor
-from featx.runtime import versions
+from featx.runtime import load_backend, versions
 from featx.sources import ImageSet, Item, SourceError, assign_splits, display_path, load_source
 
 log = logging.getLogger("featx")
@@ -688,6 +688,7 @@ def load_model(path: str | os.PathLike, *, allow_unsafe: bool = False) -> Finetu
     A model holding a Lambda layer (arbitrary Python code) is refused unless ``allow_unsafe=True``:
     loading it would run that code.
     """
+    load_backend()
     import keras
 
     path = os.fspath(path)

@@ -6,10 +6,16 @@ the backend (and TensorFlow in particular) is imported only inside the functions
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import json
 import os
 import platform
+import re
 import sys
+import tempfile
 from functools import lru_cache
+from typing import Iterator
 
 DEVICES = ("auto", "cpu", "gpu")
 
@@ -32,6 +38,67 @@ def prefer_fast_cpu_kernels() -> None:
 def quiet_backend_logs() -> None:
     """Silence TensorFlow's C++ start-up chatter unless the user set a level themselves."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# Lines the native libraries print to stderr while the backend starts, whatever
+# TF_CPP_MIN_LOG_LEVEL says: absl logs written before absl::InitializeLog() ignore it
+# (tensorflow/tensorflow#100442). Info lines ("I0000 … port.cc:153] oneDNN custom operations are
+# on…", "cudart_stub.cc … Could not find cuda drivers…") and the few warnings and errors that mean
+# "no GPU here" on a healthy CPU run. Every other line is shown.
+_NATIVE_CHATTER = re.compile(
+    rb"^(?:WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    rb"|I\d{4} [\d:.]+ +\d+ [\w.-]+:\d+\] "  # absl info line
+    rb"|\d{4}-\d\d-\d\d [\d:.]+: I \S+\] "  # TensorFlow's older info line
+    rb"|To enable the following instructions: .* rebuild TensorFlow"  # 2nd line of cpu_feature_guard's
+    rb"|.*(?:failed call to cuInit|Unable to register cu(?:DNN|FFT|BLAS) factory"
+    rb"|TF-TRT Warning: Could not find TensorRT|computation placer already registered))"
+)
+
+
+def is_native_chatter(line: bytes) -> bool:
+    """True for a start-up line of the backend's native libraries that says nothing to a user."""
+    return _NATIVE_CHATTER.match(line) is not None
+
+
+@contextlib.contextmanager
+def native_stderr_filtered() -> Iterator[None]:
+    """Collect what is written to file descriptor 2 (by C++ too), then replay all but the chatter.
+
+    Only around the backend's start-up (a bounded window), so a crash later still reaches stderr
+    directly. Lines from Python inside the window are replayed in order after it.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to redirect
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True) if not is_native_chatter(line)]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
+@lru_cache(maxsize=None)
+def load_backend() -> str:
+    """Import Keras and its backend and find the devices, once, without the native start-up chatter.
+
+    Commands that run a model call this first; commands that do not (train, evaluate of a .skops
+    classifier, info) never import the backend at all. Returns the backend's name.
+    """
+    with native_stderr_filtered():
+        import keras
+
+        accelerators()
+        return keras.backend.backend()
 
 
 def backend_name() -> str:
@@ -85,35 +152,49 @@ def resolve_device(requested: str = "auto") -> str:
     return "gpu" if gpus else "cpu"
 
 
-def versions() -> dict[str, str]:
-    """Versions recorded in every store and classifier file, for reproducibility."""
-    import h5py
-    import keras
-    import numpy
-    import sklearn
+def configured_backend() -> str:
+    """The Keras backend this process uses or will use, without importing Keras (seconds with TF).
 
+    Keras' own rule: KERAS_BACKEND, else the "backend" of $KERAS_HOME/keras.json, else tensorflow.
+    """
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as f:
+            return str(json.load(f).get("backend", "tensorflow"))
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+def _installed_version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def versions() -> dict[str, str]:
+    """Versions recorded in every store and classifier file, for reproducibility.
+
+    Read from the installed packages' metadata, so recording them imports no backend.
+    """
     from featx import __version__
 
     out = {
         "featx": __version__,
         "python": platform.python_version(),
-        "keras": keras.__version__,
-        "keras_backend": keras.backend.backend(),
-        "numpy": numpy.__version__,
-        "scikit-learn": sklearn.__version__,
-        "h5py": h5py.__version__,
+        "keras": _installed_version("keras"),
+        "keras_backend": configured_backend(),
+        "numpy": _installed_version("numpy"),
+        "scikit-learn": _installed_version("scikit-learn"),
+        "h5py": _installed_version("h5py"),
     }
-    # Only report TensorFlow when it is the backend or already imported: importing it costs seconds.
-    if out["keras_backend"] == "tensorflow" or "tensorflow" in sys.modules:
-        import tensorflow as tf
-
-        out["tensorflow"] = tf.__version__
-    if out["keras_backend"] == "jax":
-        import jax
-
-        out["jax"] = jax.__version__
-    if out["keras_backend"] == "torch":
-        import torch
-
-        out["torch"] = torch.__version__
+    backend_package = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(out["keras_backend"])
+    if backend_package:
+        out[backend_package] = _installed_version(backend_package)
+    if "tensorflow" in sys.modules and "tensorflow" not in out:
+        out["tensorflow"] = _installed_version("tensorflow")
     return out

@@ -209,3 +209,29 @@ def test_normalization_layers_equal_keras_preprocess_input(mode):
     expected = pixels.astype("float32") if mode == "none" else imagenet_utils.preprocess_input(
         pixels.astype("float32"), mode=mode)
     np.testing.assert_allclose(np.asarray(model.predict_on_batch(pixels)), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_native_start_up_chatter_is_filtered_and_real_errors_are_kept(capfd):
+    from featx.runtime import is_native_chatter, native_stderr_filtered
+
+    chatter = [
+        b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+        b"I0000 00:00:1796171202.198502    5769 port.cc:153] oneDNN custom operations are on. You may see\n",
+        b"I0000 00:00:1796171202.198935    5769 cudart_stub.cc:31] Could not find cuda drivers on your machine\n",
+        b"E0000 00:00:1796171210.365743    5769 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n",
+        b"2024-01-01 10:00:00.000001: I tensorflow/core/platform/cpu_feature_guard.cc:182] This binary is\n",
+        b"To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the flags.\n",
+    ]
+    real = [
+        b"E0000 00:00:1796171210.365743    5769 bfc_allocator.cc:52] Allocator ran out of memory\n",
+        b"W0000 00:00:1796171210.365743    5769 op_kernel.cc:1] OP_REQUIRES failed: Invalid argument\n",
+        b"featx: batch size 8\n",
+    ]
+    assert all(is_native_chatter(line) for line in chatter)
+    assert not any(is_native_chatter(line) for line in real)
+    with native_stderr_filtered():
+        for line in chatter[:3] + real:  # written at the file-descriptor level, as C++ writes
+            os.write(2, line)
+        print("from python", file=sys.stderr)
+    err = capfd.readouterr().err  # (pytest routes sys.stderr around fd 2, so compare the lines, not order)
+    assert sorted(err.splitlines(keepends=True)) == sorted([line.decode() for line in real] + ["from python\n"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -25,7 +27,32 @@ def trained(tmp_path_factory):
     tr = run_cli("train", str(store), "--out", str(model), "--classifier", "all", "--penalty", "all", "--cv", "3")
     assert tr.returncode == 0, tr.stderr
     return {"tmp": tmp, "data": data, "store": store, "model": model, "extract": json.loads(ex.stdout),
-            "train": tr.stdout}
+            "train": tr.stdout, "stderr": {"extract": ex.stderr, "train": tr.stderr}}
+
+
+CHATTER = ("absl::InitializeLog", "oneDNN custom operations", "Could not find cuda drivers", "cuInit",
+           "rebuild TensorFlow")
+
+
+def test_commands_print_no_native_start_up_chatter(trained):
+    for command, err in trained["stderr"].items():
+        assert not [c for c in CHATTER if c in err], (command, err)
+        assert all(line.startswith("featx") for line in err.splitlines()), (command, err)  # featx's own only
+
+
+def test_store_commands_never_import_the_backend(trained):
+    """train, evaluate (.skops) and info work on the store alone: no Keras, no TensorFlow import."""
+    code = (
+        "import sys; from featx.cli import main\n"
+        f"assert main(['train', {str(trained['store'])!r}, '--out', {str(trained['tmp'] / 'nb.skops')!r}, "
+        "'--cv', '2']) == 0\n"
+        f"assert main(['evaluate', {str(trained['tmp'] / 'nb.skops')!r}, {str(trained['store'])!r}]) == 0\n"
+        f"assert main(['info', {str(trained['store'])!r}]) == 0\n"
+        "print('IMPORTED', sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "IMPORTED []" in out.stdout
 
 
 def test_extract_summary_json(trained):
