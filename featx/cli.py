@@ -1,6 +1,7 @@
 """The `featx` command line: argument parsing and printing only; every command calls the library.
 
-Exit codes: 0 success (skipped files are allowed and reported), 1 failure, 2 usage error.
+Exit codes: 0 success (skipped files are allowed and reported), 1 failure, 2 usage error (bad
+arguments, or an input path that does not exist or is the wrong kind: a folder given as a store).
 """
 
 from __future__ import annotations
@@ -528,17 +529,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="featx: %(message)s", stream=sys.stderr)
     from featx.backbones import UnknownBackbone, WeightsUnavailable
+    from featx.errors import InputNotFound
     from featx.sources import SourceError
+    from featx.store import StoreError
 
     try:
         return args.func(args)
-    except (UsageError, UnknownBackbone, SourceError) as exc:
+    except (UsageError, UnknownBackbone, SourceError, InputNotFound) as exc:
+        # the command cannot be carried out as given: a bad argument, or a path that is not there
         print(f"featx {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("featx: interrupted", file=sys.stderr)
         return 130
-    except (WeightsUnavailable, ValueError, OSError, RuntimeError) as exc:
+    except (WeightsUnavailable, StoreError, ValueError, OSError, RuntimeError) as exc:
         print(f"featx {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except Exception as exc:  # store, model-file and fingerprint errors all land here with their message

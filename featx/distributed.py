@@ -675,11 +675,7 @@ def _finish_summary(summary: ExtractSummary, store: Path, image_set: ImageSet) -
     if not store.exists():
         return
     with FeatureStore(store) as fs:
-        summary.n_store_rows = len(fs)
-        summary.splits = dict(Counter(fs.splits.tolist()))
-        in_set = {item.relpath for item in image_set.items}
-        summary.n_stale_rows = sum(1 for p in fs.paths.tolist() if p not in in_set)
-        summary.label_conflicts = fs.label_conflicts()
+        summary.describe_store(fs, {item.relpath for item in image_set.items})
 
 
 # -- training at scale ------------------------------------------------------------------------------------------

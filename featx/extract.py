@@ -42,6 +42,7 @@ class ExtractSummary:
     n_store_rows: int = 0
     n_stale_rows: int = 0  # rows of files that are not in this image set (kept unless pruned)
     splits: dict = field(default_factory=dict)
+    classes: dict = field(default_factory=dict)  # labelled store rows per class
     seconds: float = 0.0
     images_per_second: float = 0.0
     model_seconds: float = 0.0
@@ -51,6 +52,17 @@ class ExtractSummary:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def describe_store(self, fs: FeatureStore, relpaths: set[str]) -> None:
+        """What the store holds after the run: rows, splits, classes, rows of files not in the set
+        (`relpaths`), identical content under different labels."""
+        self.n_store_rows = len(fs)
+        self.splits = dict(Counter(fs.splits.tolist()))
+        labels = fs.y
+        self.classes = {name: int((labels == i).sum()) for i, name in enumerate(fs.label_names)
+                        if (labels == i).any()}
+        self.n_stale_rows = sum(1 for p in fs.paths.tolist() if p not in relpaths)
+        self.label_conflicts = fs.label_conflicts()
 
     def format(self) -> str:
         lines = [
@@ -80,6 +92,9 @@ class ExtractSummary:
         for c in self.label_conflicts:
             lines.append(f"WARNING    identical content under different labels {c['labels']}: "
                          f"{', '.join(c['paths'])} (label noise?)")
+        if len(self.classes) == 1:
+            lines.append(f"WARNING    one class only ({next(iter(self.classes))!r}): a classifier needs two or more "
+                         "(`featx train` will refuse); class folders are DATA/<class>/*.jpg")
         if self.random_weights:
             lines.append("WARNING    features come from RANDOM weights, as asked (--weights none)")
         for old, new in self.oom_backoffs:
@@ -260,11 +275,7 @@ def extract(
     summary.oom_backoffs = [list(b) for b in model.backoffs]
     with FeatureStore(store) as fs:
         crash_point("final-read")
-        summary.n_store_rows = len(fs)
-        summary.splits = dict(Counter(fs.splits.tolist()))
-        in_set = {item.relpath for item in image_set.items}
-        summary.n_stale_rows = sum(1 for p in fs.paths.tolist() if p not in in_set)
-        summary.label_conflicts = fs.label_conflicts()
+        summary.describe_store(fs, {item.relpath for item in image_set.items})
     for c in summary.label_conflicts:
         log.debug("identical content under different labels %s: %s", c["labels"], ", ".join(c["paths"]))
     if summary.interrupted:

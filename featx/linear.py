@@ -35,6 +35,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
 
+from featx.errors import InputNotFound
+
 if TYPE_CHECKING:
     from featx.store import FeatureStore
 
@@ -1138,8 +1140,8 @@ def load_classifier(path: str | os.PathLike) -> SavedClassifier:
 
     Raises
     ------
-    FileNotFoundError
-        ``path`` does not exist.
+    InputNotFound
+        ``path`` does not exist or is a folder (a FileNotFoundError).
     UnsafeModelError
         The file refers to a type outside :data:`TRUSTED_TYPES`; nothing was built.
     ModelFileError
@@ -1148,7 +1150,8 @@ def load_classifier(path: str | os.PathLike) -> SavedClassifier:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no classifier file at {path}")
+        what = "a folder, not a classifier file" if os.path.isdir(path) else "not there"
+        raise InputNotFound(f"no classifier file at {path} ({what}; `featx train` writes one)")
     # Read once: the bytes that are audited are the bytes that are loaded.
     with open(path, "rb") as f:
         data = f.read()

@@ -39,6 +39,7 @@ holder dies); a second writer is refused at once. Readers take no lock and may r
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -55,6 +56,8 @@ from typing import Iterator, Sequence
 import h5py
 import numpy as np
 
+from featx.errors import InputNotFound
+
 FORMAT = "featx.store"
 FORMAT_VERSION = 1  # checksums are an addition readers may ignore, so the format stays 1
 FEATURE_DTYPES = ("float32", "float16")
@@ -69,6 +72,10 @@ class StoreError(Exception):
 
 class FingerprintMismatch(StoreError):
     """The store was made with another backbone configuration than the one at hand."""
+
+
+class StoreNotFound(StoreError, InputNotFound):
+    """The path given as a store does not exist, or is a folder."""
 
 
 class StoreLocked(StoreError):
@@ -243,7 +250,10 @@ def _read_meta(f: h5py.File) -> dict:
 
 def _open_main(path: Path) -> h5py.File:
     if not path.exists():
-        raise StoreError(f"store {str(path)!r} does not exist (create it with `featx extract`)")
+        raise StoreNotFound(f"store {str(path)!r} does not exist (create it with `featx extract`)")
+    if path.is_dir():
+        raise StoreNotFound(f"{str(path)!r} is a folder, not a featx store (the .h5 file that `featx extract DATA "
+                            "--store STORE.h5` writes)")
     try:
         f = h5py.File(path, "r", locking=False)
     except OSError as exc:
@@ -654,6 +664,11 @@ class StoreWriter:
                         raise
                     log.warning("could not merge the journal of %s (%s); its committed batches stay "
                                 "readable and the next run merges them", self.path, exc)
+                else:
+                    # An empty journal is only clutter beside the store. Removed under the lock, so no
+                    # writer is appending; rmdir fails (and we keep it) if anything is still inside.
+                    with contextlib.suppress(OSError):
+                        journal_dir(self.path).rmdir()
         finally:
             self._release()
 

@@ -140,8 +140,17 @@ def test_exit_codes_and_messages(tmp_path, monkeypatch):
                 env={"KERAS_HOME": str(tmp_path / "kh")})
     assert r.returncode == 1 and "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in r.stderr
     assert not (tmp_path / "s.h5").exists()  # nothing written, nothing silently random
+    # a path that is not there, or a folder where a file is expected: one line, exit 2, in every command
     r = run_cli("info", str(tmp_path / "missing.h5"))
-    assert r.returncode == 1 and "does not exist" in r.stderr
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    for args in (("info", str(data)), ("train", str(data), "--out", str(tmp_path / "c.skops")),
+                 ("evaluate", str(tmp_path / "c.skops"), str(data))):
+        r = run_cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"featx {args[0]}: error: "), r.stderr
+        assert "Errno" not in r.stderr and "Error:" not in r.stderr
+    assert "is a folder, not a featx store" in run_cli("info", str(data)).stderr
+    assert "no classifier file at" in run_cli("evaluate", str(data), str(data)).stderr
     for cmd in ("extract", "train", "evaluate", "predict", "info", "backbones", "demo"):
         assert run_cli(cmd, "--help").returncode == 0
 

@@ -18,6 +18,8 @@ def test_extract_class_folders_records_everything(photo_set, tmp_path, backbone)
     store = tmp_path / "s.h5"
     summary = extract(photo_set, store, backbone=backbone, batch_size=8, progress=False)
     assert summary.n_images == 24 and summary.n_extracted == 24 and summary.n_skipped == 0
+    assert summary.classes == {"cat": 12, "flower": 12} and "one class" not in summary.format()
+    assert not (tmp_path / "s.h5.journal").exists()  # a clean run leaves no empty journal folder
     with FeatureStore(store) as fs:
         assert len(fs) == 24
         assert fs.label_names == ["cat", "flower"]
@@ -175,3 +177,10 @@ def test_extract_features_in_memory_keeps_order_and_marks_bad(tmp_path, backbone
     assert out.features.shape == (4, 256)
     assert out.ok.tolist() == [True, False, True, True]
     assert out.skipped[0]["index"] == 1 and out.skipped[0]["kind"] == "not_an_image"
+
+
+def test_a_one_class_set_is_warned_about_at_extract_time(tmp_path, backbone):
+    data = make_photo_set(tmp_path / "one", classes=("cat",), n=3)
+    summary = extract(data, tmp_path / "one.h5", backbone=backbone, batch_size=4, progress=False)
+    assert summary.classes == {"cat": 3}
+    assert "WARNING    one class only ('cat')" in summary.format() and "featx train` will refuse" in summary.format()
