@@ -62,6 +62,11 @@ def _source(cls: str) -> np.ndarray:
     return np.ascontiguousarray(SOURCES[cls]()[..., :3])
 
 
+def source_photo(cls: str) -> np.ndarray:
+    """The packaged photograph of class `cls` at its own resolution, uint8 (H, W, 3) RGB."""
+    return _source(cls).copy()
+
+
 def photo_bytes(cls: str, index: int) -> bytes:
     """JPEG bytes of view `index` of class `cls` (deterministic)."""
     src = _source(cls)

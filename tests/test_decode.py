@@ -433,16 +433,22 @@ def test_draft_decode_of_large_jpeg_matches_full_decode(fdir):
 def test_jpeg_decodes_at_eighths_scale_close_to_full_decode(tmp_path):
     # A real photo as a 500x375 JPEG: Pillow's draft has only halves (1/2 gives 250x188 < 224),
     # libjpeg-turbo's 5/8 gives 313x235 and leaves the resize far less to do.
-    from conftest import photo_files
+    from photos import source_photo
 
-    photo = Image.open(photo_files("cat", 1)[0]).convert("RGB").resize((500, 375), Image.Resampling.BICUBIC)
+    photo = Image.fromarray(source_photo("coffee")[:375, :500])  # 600x400 camera pixels, not upscaled
     photo.save(tmp_path / "p.jpg", "JPEG", quality=90)
     data = (tmp_path / "p.jpg").read_bytes()
     assert open_rgb(data, draft_size=SIZE).size == (313, 235)
     full = resize_rgb(open_rgb(data), SIZE).astype(int)
     scaled = decode_file(tmp_path / "p.jpg", SIZE).pixels.astype(int)
     diff = np.abs(full - scaled)
-    assert 0 < diff.mean() < 1.5 and np.percentile(diff, 99) <= 8
+    # Camera-resolution pixels (sharp edges, not an upscaled thumbnail): the DCT-domain downscale
+    # differs from decode-then-resize at edges; measured mean 3.1, 99th percentile 29, and the
+    # vendored MobileNet's features of the two agree to cosine 0.997. A one-pixel shift of the full
+    # decode is more than twice as far off (mean 7.4): the bound still tells a right decode from a
+    # misplaced one.
+    assert 0 < diff.mean() < 3.5 and np.percentile(diff, 99) <= 32
+    assert diff.mean() < 0.5 * np.abs(full - np.roll(full, 1, axis=1)).mean()
 
 
 def test_power_of_two_scales_give_pillows_pixels_exactly(fdir):
