@@ -240,8 +240,8 @@ def _stream(url, out, name, timeout, expected_hash, progress, fail, tqdm) -> Non
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         received = 0
-        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, file=sys.stderr,
-                   disable=not progress, dynamic_ncols=True, leave=False)
+        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"featx: download {name}",
+                   file=sys.stderr, disable=not progress, dynamic_ncols=True, leave=False)
         try:
             while True:
                 try:  # read1: what has arrived (up to a chunk), so a stall is timed from the last byte
