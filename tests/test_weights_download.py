@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
-import os
-import shutil
 import socket
 import threading
 import time
@@ -21,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TEST_SIZE, make_flower_set, run_cli
+from conftest import TEST_SIZE, make_photo_set, run_cli
 from featx.backbones import (
     REGISTRY, VENDORED_DIR, Backbone, WeightsUnavailable, describe_backbones, fingerprint_id, get_spec,
 )
@@ -316,7 +314,7 @@ def test_offline_never_connects_and_says_what_to_do(env, server, v2_bytes, monke
 
     with pytest.raises(WeightsUnavailable, match="offline"):
         FeatureExtractor(backbone="mobilenetv2", offline=True).fit()
-    data = make_flower_set(env["cache"].parent / "flowers", classes=("daisy",), n=2)
+    data = make_photo_set(env["cache"].parent / "photos", classes=("cat",), n=2)
     r = run_cli("extract", str(data), "--store", str(env["cache"].parent / "s.h5"), "--backbone",
                 "mobilenetv2", "--offline", env=env_for_cli(env))
     assert r.returncode == 1 and V2.weights_file in r.stderr and "Traceback" not in r.stderr
@@ -358,7 +356,7 @@ def test_backbones_say_cached_vendored_or_download_with_its_size(env, server, v2
 # -- the command line, end to end ------------------------------------------------------------------
 def test_cli_extract_on_an_empty_cache_downloads_through_the_mirror(env, server, v2_bytes, tmp_path):
     server.routes[V2.weights_file] = ("file", v2_bytes)
-    data = make_flower_set(tmp_path / "flowers", classes=("daisy", "tulip"), n=3)
+    data = make_photo_set(tmp_path / "photos", classes=("cat", "flower"), n=3)
     store = tmp_path / "v2.h5"
     args = ["extract", str(data), "--store", str(store), "--backbone", "mobilenetv2", "--image-size", str(TEST_SIZE),
             "--weights", "imagenet", "--no-progress"]
@@ -377,7 +375,7 @@ def test_cli_extract_on_an_empty_cache_downloads_through_the_mirror(env, server,
 @pytest.mark.parametrize("route, expected", [(("status", 404), "HTTP 404"), (("html",), "HTML page")])
 def test_cli_network_failures_end_with_one_line(env, server, tmp_path, route, expected):
     server.routes[V2.weights_file] = route
-    data = make_flower_set(tmp_path / "flowers", classes=("daisy",), n=2)
+    data = make_photo_set(tmp_path / "photos", classes=("cat",), n=2)
     r = run_cli("extract", str(data), "--store", str(tmp_path / "s.h5"), "--backbone", "mobilenetv2",
                 env=env_for_cli(env))
     assert r.returncode == 1 and "Traceback" not in r.stderr
