@@ -228,15 +228,22 @@ def cmd_backbones(args) -> int:
     from featx.backbones import describe_backbones
     from featx.metrics import format_table
 
+    from featx.backbones import keras_cache_dir
+    from featx.download import offline_mode, weights_mirror
+
     rows = describe_backbones()
     if args.json:
         _print_json(rows)
         return EXIT_OK
     for row in rows:
-        row["offline"] = "yes" if row["imagenet_offline"] else "no"
         row["name"] = row["name"] + (" (default)" if row["default"] else "")
-    print(format_table(rows, ["name", "keras_application", "input_size", "feature_dim", "preprocessing", "offline"]))
-    print("offline = ImageNet weights found in the Keras cache ($KERAS_HOME/models) or vendored with featx")
+        row["download"] = "-" if row["weights"] in ("cached", "vendored") else f"{row['download_mb']:.1f} MB"
+    print(format_table(rows, ["name", "keras_application", "input_size", "feature_dim", "preprocessing", "weights",
+                              "download"]))
+    source = weights_mirror() or "keras.applications' address"
+    print(f"weights: vendored = ships with featx (never downloads); cached = in the Keras cache ({keras_cache_dir()}); "
+          + ("missing = not cached, and offline mode is on (FEATX_OFFLINE / --offline)" if offline_mode()
+             else f"download = fetched on first use from {source} (about the size shown), verified, then cached"))
     return EXIT_OK
 
 
@@ -297,10 +304,15 @@ def _batch_size(text: str) -> int | str:
 
 
 def _add_finetune_arguments(p: argparse.ArgumentParser) -> None:
+    from featx.backbones import DEFAULT_BACKBONE
+
     """Arguments shared by `finetune` and `compare`."""
     p.add_argument("data", help="folder of class folders (optionally under train/ validation/ test/), or a CSV")
-    p.add_argument("--backbone", default="efficientnetb0", help="registry name (see `featx backbones`)")
-    p.add_argument("--weights", default="imagenet", help="imagenet (offline), a weights file path, or none")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help=f"registry name (default: {DEFAULT_BACKBONE}; see `featx backbones`; "
+                        "mobilenet_0.25 ships with featx and never downloads)")
+    p.add_argument("--weights", default="imagenet", help=WEIGHTS_HELP)
+    _add_offline(p)
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs at most (early stopping)")
     p.add_argument("--unfreeze", default="2", help="top blocks to train, or 'all' (default 2)")
@@ -334,8 +346,20 @@ def _seconds(text: str) -> float:
     return value
 
 
+OFFLINE_HELP = ("never touch the network: ImageNet weights missing from the Keras cache are an error, not a "
+                "download (also FEATX_OFFLINE=1)")
+WEIGHTS_HELP = ("imagenet (default): the Keras cache ($KERAS_HOME/models), else downloaded there on first use "
+                "from keras.applications' address or FEATX_WEIGHTS_MIRROR; a weights file path; or none (random)")
+
+
+def _add_offline(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: the subcommand's flag must not reset a global `featx --offline` to False
+    p.add_argument("--offline", action="store_true", default=argparse.SUPPRESS, help=OFFLINE_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from featx import __version__
+    from featx.backbones import DEFAULT_BACKBONE
 
     parser = argparse.ArgumentParser(
         prog="featx",
@@ -344,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"featx {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    parser.add_argument("--offline", action="store_true", default=False, help=OFFLINE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("extract", help="extract features of an image set into a store",
@@ -353,9 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="folder of class folders (optionally under train/ validation/ test/), "
                                 "or a CSV manifest path,label[,split]")
     p.add_argument("--store", required=True, help="the HDF5 store to create or extend")
-    p.add_argument("--backbone", default="efficientnetb0", help="registry name (see `featx backbones`)")
-    p.add_argument("--weights", default="imagenet",
-                   help="imagenet (offline, from $KERAS_HOME/models), a weights file path, or none (random)")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help=f"registry name (default: {DEFAULT_BACKBONE}; see `featx backbones`; "
+                        "mobilenet_0.25 ships with featx and never downloads)")
+    p.add_argument("--weights", default="imagenet", help=WEIGHTS_HELP)
+    _add_offline(p)
     p.add_argument("--batch-size", type=_batch_size, default="auto",
                    help="images per model call, or auto (default): the largest power of two whose activations "
                         "fit a share of the free memory, at most 64 on a CPU and 512 on a GPU; halved on "
@@ -453,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--weights", default=None, help="the weights file, if the backbone used one")
+    _add_offline(p)
     p.add_argument("--allow-unsafe-model", action="store_true",
                    help="load a .keras model even if it holds Lambda layers (runs their code: trusted files only)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -468,9 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("backbones", help="list the backbone registry",
-                       description="Every backbone with input size, feature width and whether its ImageNet "
-                                   "weights are available offline. Example: featx backbones --json")
+                       description="Every backbone with input size, feature width and where its ImageNet "
+                                   "weights come from: vendored with featx, cached in $KERAS_HOME/models, or "
+                                   "downloaded on first use (with the download's size). Example: featx backbones --json")
     p.add_argument("--json", action="store_true")
+    _add_offline(p)
     p.set_defaults(func=cmd_backbones)
 
     p = sub.add_parser("finetune", help="fine-tune the backbone's top blocks (parameter transfer)",
@@ -528,6 +558,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="featx: %(message)s", stream=sys.stderr)
+    if args.offline:  # through the environment, so local Dask workers and every command path see it
+        import os
+
+        os.environ["FEATX_OFFLINE"] = "1"
     from featx.backbones import UnknownBackbone, WeightsUnavailable
     from featx.errors import InputNotFound
     from featx.sources import SourceError

@@ -54,7 +54,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from featx import pipeline
 from featx.backbones import DEFAULT_BACKBONE, Backbone, fingerprint_id, get_spec
 from featx.decode import DEFAULT_MAX_PIXELS
-from featx.extract import ExtractionInterrupted, ExtractSummary, _file_state, _progress_bar, extract
+from featx.download import offline_mode, weights_mirror as _weights_mirror
+from featx.extract import (ExtractionInterrupted, ExtractSummary, _file_state, _progress_bar, extract,
+                           weights_summary)
 from featx.oom import check_batch_size
 from featx.sources import ImageSet, Item, assign_splits, load_source
 from featx.store import (FEATURE_DTYPES, FeatureStore, MergeReport, StoreError, StoreWriter, merge_stores)
@@ -206,6 +208,8 @@ def extract_shard(
     assign_split: bool = True,
     lock_timeout: float | None = 0,
     image_timeout: float | None = pipeline.DEFAULT_IMAGE_TIMEOUT,
+    weights_mirror: str | None = None,
+    offline: bool | None = None,
 ) -> ExtractSummary:
     """Extract shard ``i`` of ``N`` of `data` into ``STORE.shards/shard-i-of-N.h5``, in this process.
 
@@ -223,7 +227,8 @@ def extract_shard(
     mine = [it for it in plan.todo if shard_of(it.relpath, n) == i]
     n_in_shard = sum(1 for it in plan.image_set.items if shard_of(it.relpath, n) == i)
     bb = backbone if isinstance(backbone, Backbone) else Backbone.build(
-        backbone, weights=weights, image_size=image_size, pooling=pooling, layer=layer)
+        backbone, weights=weights, image_size=image_size, pooling=pooling, layer=layer,
+        weights_mirror=weights_mirror, offline=offline)
     # refuse now what the merge would refuse after all the work: STORE of another fingerprint/dtype/split
     StoreWriter(store, fingerprint=bb.fingerprint, fingerprint_id=fingerprint_id(bb.fingerprint), feature_dtype=dtype,
                 split_method=plan.image_set.split_method).check_compatible()
@@ -393,14 +398,19 @@ _BACKBONES: dict[tuple, Backbone] = {}
 _BACKBONES_LOCK = threading.Lock()
 
 
-def worker_backbone(name: str, weights: str | None, image_size: Any, pooling: str, layer: str | None) -> Backbone:
-    """The backbone of this configuration, built once per process and reused by every later task on it."""
+def worker_backbone(name: str, weights: str | None, image_size: Any, pooling: str, layer: str | None,
+                    weights_mirror: str | None = None, offline: bool | None = None) -> Backbone:
+    """The backbone of this configuration, built once per process and reused by every later task on it.
+
+    `weights_mirror` / `offline` are the client's (a remote worker does not share its environment); a
+    worker missing the ImageNet file downloads it into its own Keras cache, one process at a time
+    per cache (featx.download locks the file)."""
     key = (name, weights, None if image_size is None else str(image_size), pooling, layer)
     with _BACKBONES_LOCK:  # a worker with several threads builds it once, not once per thread
         bb = _BACKBONES.get(key)
         if bb is None:
             bb = _BACKBONES[key] = Backbone.build(name, weights=weights, image_size=image_size, pooling=pooling,
-                                                  layer=layer)
+                                                  layer=layer, weights_mirror=weights_mirror, offline=offline)
     return bb
 
 
@@ -421,7 +431,7 @@ def _fingerprint_task(config: dict, device: str) -> dict:
     bb = worker_backbone(**config)
     return {"fingerprint": bb.fingerprint, "fingerprint_id": fingerprint_id(bb.fingerprint),
             "random_weights": bb.random_weights, "device": resolve_device(device), "versions": versions(),
-            **_where()}
+            "weights": weights_summary(bb), **_where()}
 
 
 class _ProgressReporter:
@@ -512,6 +522,8 @@ def extract_distributed(
     image_timeout: float | None = pipeline.DEFAULT_IMAGE_TIMEOUT,
     shard_lock_timeout: float | None = 600,
     keep_shards: bool = False,
+    weights_mirror: str | None = None,
+    offline: bool | None = None,
 ) -> DistributedSummary:
     """:func:`featx.extract.extract` on a Dask cluster: shards extracted by the workers, merged into `store`.
 
@@ -549,7 +561,9 @@ def extract_distributed(
                          f"`featx merge {store}` first")
     config = {"name": get_spec(backbone).name, "pooling": pooling, "layer": layer, "image_size": image_size,
               "weights": weights if weights is None or str(weights).lower() in ("imagenet", "none", "random")
-              else str(Path(weights).absolute())}
+              else str(Path(weights).absolute()),
+              # this process's settings (argument, else environment), so remote workers follow them
+              "weights_mirror": _weights_mirror(weights_mirror), "offline": offline_mode(offline)}
     options = {"batch_size": batch_size, "dtype": dtype, "workers": workers, "device": device,
                "max_pixels": max_pixels, "image_timeout": image_timeout, "lock_timeout": shard_lock_timeout}
 
@@ -568,6 +582,7 @@ def extract_distributed(
         summary = DistributedSummary(
             str(store), fp["fingerprint"]["backbone"], fp["fingerprint_id"], fp["random_weights"], fp["device"],
             n_images=len(plan.image_set.items), n_cached=plan.n_cached, ignored=list(image_set.ignored),
+            weights=fp["weights"],
             cluster=(str(parse_cluster(cluster)) if isinstance(cluster, (str, ClusterSpec))
                      else client.scheduler.address),
             n_workers=len(info["workers"]), n_shards=n,

@@ -49,6 +49,9 @@ class ExtractSummary:
     batch_size: int = 0  # fed to the model at the end: smaller than asked after an out-of-memory back-off
     oom_backoffs: list = field(default_factory=list)  # [[from, to]] per halving
     interrupted: bool = False
+    #: where the backbone's weights came from this run (featx.backbones.WeightsSource.to_dict():
+    #: kind, origin, path, url) and their sha256 — the fingerprint's identity of the weights
+    weights: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,6 +72,13 @@ class ExtractSummary:
             f"store      {self.store}  ({self.n_store_rows} rows, splits {self.splits})",
             f"backbone   {self.backbone}  fingerprint {self.fingerprint_id}  device {self.device}"
             + ("  [RANDOM WEIGHTS]" if self.random_weights else ""),
+        ]
+        if self.weights:
+            sha = self.weights.get("sha256") or ""
+            lines.append(f"weights    {self.weights.get('kind')}, {self.weights.get('origin')}"
+                         + (f": {self.weights['path']}" if self.weights.get("path") else "")
+                         + (f"  (sha256 {sha[:16]}…)" if sha and not sha.startswith("random:") else ""))
+        lines += [
             f"images     {self.n_images} in the set: {self.n_extracted} extracted, {self.n_cached} already "
             f"cached, {self.n_reused} reused by content, {self.n_skipped} skipped",
             f"speed      {self.images_per_second:.1f} images/s while extracting, batch {self.batch_size}; "
@@ -102,6 +112,11 @@ class ExtractSummary:
         if self.interrupted:
             lines.append("INTERRUPTED: everything extracted so far is saved; rerun the same command to finish")
         return "\n".join(lines)
+
+
+def weights_summary(bb: Backbone) -> dict:
+    """Where `bb`'s weights came from, with their sha256 (for summaries)."""
+    return {**bb.weights.to_dict(), "sha256": bb.fingerprint["weights_sha256"]}
 
 
 class ExtractionInterrupted(KeyboardInterrupt):
@@ -151,6 +166,8 @@ def extract(
     lock_timeout: float | None = 0,
     image_timeout: float | None = pipeline.DEFAULT_IMAGE_TIMEOUT,
     on_progress: Callable[[int], None] | None = None,
+    weights_mirror: str | None = None,
+    offline: bool | None = None,
 ) -> ExtractSummary:
     """Extract features of every image in `data` into the HDF5 store `store`, resumably.
 
@@ -163,6 +180,8 @@ def extract(
     "timeout" (None: no limit), so one hung file cannot stall the run.
     `on_progress(n)`, when given, is called after each committed batch with its number of images (a
     caller's own progress display, e.g. one bar across cluster workers).
+    `weights_mirror` / `offline`: how missing ImageNet weights are fetched (see ``Backbone.build``;
+    defaults FEATX_WEIGHTS_MIRROR / FEATX_OFFLINE).
     See :mod:`featx.store` for the layout and guarantees.
     """
     started = time.perf_counter()
@@ -179,13 +198,15 @@ def extract(
             image_set, validation_fraction=validation_fraction, test_fraction=test_fraction, seed=split_seed
         )
     bb = backbone if isinstance(backbone, Backbone) else Backbone.build(
-        backbone, weights=weights, image_size=image_size, pooling=pooling, layer=layer
+        backbone, weights=weights, image_size=image_size, pooling=pooling, layer=layer,
+        weights_mirror=weights_mirror, offline=offline,
     )
     crash_point("model-built")  # test-only kill -9 hook (FEATX_TEST_CRASH_AT)
     used_device = resolve_device(device)
     fid = fingerprint_id(bb.fingerprint)
     summary = ExtractSummary(str(store), bb.spec.name, fid, bb.random_weights, used_device,
-                             n_images=len(image_set.items), ignored=list(image_set.ignored))
+                             n_images=len(image_set.items), ignored=list(image_set.ignored),
+                             weights=weights_summary(bb))
     writer = StoreWriter(
         store, fingerprint=bb.fingerprint, fingerprint_id=fid, feature_dtype=dtype, root=image_set.root,
         split_method=image_set.split_method, random_weights=bb.random_weights, versions=versions(),

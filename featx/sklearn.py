@@ -41,11 +41,13 @@ class FeatureExtractionError(ValueError):
         )
 
 
-def _shared_backbone(key: tuple) -> Backbone:
+def _shared_backbone(key: tuple, weights_mirror: str | None = None, offline: bool | None = None) -> Backbone:
+    # the mirror and offline mode say how a missing file is fetched, not which weights: not in the key
     with _BACKBONES_LOCK:
         if key not in _BACKBONES:
             name, weights, size, pooling, layer = key
-            _BACKBONES[key] = Backbone.build(name, weights=weights, image_size=size, pooling=pooling, layer=layer)
+            _BACKBONES[key] = Backbone.build(name, weights=weights, image_size=size, pooling=pooling, layer=layer,
+                                             weights_mirror=weights_mirror, offline=offline)
         return _BACKBONES[key]
 
 
@@ -87,7 +89,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     backbone : str, default="efficientnetb0"
         A featx registry name (``featx backbones``), e.g. ``"mobilenet_0.25"`` (vendored weights).
     weights : {"imagenet", "none"} or path, default="imagenet"
-        Resolved offline only; ``"none"`` (random weights) must be asked for explicitly.
+        ``"imagenet"``: from the Keras cache, else downloaded into it by ``fit`` (verified; see
+        ``weights_mirror`` and ``offline``); ``"none"`` (random weights) must be asked for explicitly.
     image_size : int, optional
         Square input size; the backbone's default when None.
     pooling : {"avg", "max"}, default="avg"
@@ -105,6 +108,12 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         "raise": one error listing every unusable image; "nan": NaN rows for them (see ``skipped_``).
     workers : int, optional
         Decoding threads (default: all cores).
+    weights_mirror : str, optional
+        Base address serving Keras' weight file names, used instead of Keras' own address for a
+        download (default: the FEATX_WEIGHTS_MIRROR environment variable).
+    offline : bool, optional
+        True: never download; ImageNet weights missing from the Keras cache are an error (default:
+        the FEATX_OFFLINE environment variable).
 
     Examples
     --------
@@ -129,6 +138,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         cache: str | os.PathLike | None = None,
         on_error: str = "raise",
         workers: int | None = None,
+        weights_mirror: str | None = None,
+        offline: bool | None = None,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -140,6 +151,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.cache = cache
         self.on_error = on_error
         self.workers = workers
+        self.weights_mirror = weights_mirror
+        self.offline = offline
 
     # -- sklearn contract ---------------------------------------------------------------------
     def __sklearn_tags__(self):
@@ -158,7 +171,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return {k: v for k, v in self.__dict__.items() if k not in ("_backbone", "_auto_batch_size")}
 
     def fit(self, X: Any = None, y: Any = None) -> "FeatureExtractor":
-        """Validate the parameters (cheap: no model is built unless `layer` needs it)."""
+        """Validate the parameters and make sure the weights are at hand: ImageNet weights missing
+        from the Keras cache are downloaded now (no model is built unless `layer` needs it)."""
         spec = get_spec(self.backbone)
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
@@ -167,7 +181,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         if self.dtype not in FEATURE_DTYPES:
             raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, got {self.dtype!r}")
         check_batch_size(self.batch_size)
-        resolve_weights(spec, self.weights)  # fails now if the weights cannot be had offline
+        # fails now if the weights cannot be had (offline, or a failed download), not in transform
+        resolve_weights(spec, self.weights, weights_mirror=self.weights_mirror, offline=self.offline)
         if X is not None:
             _, _, columns = _as_paths(X)
             self.n_features_in_ = 1
@@ -194,7 +209,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         if bb is None:
             weights = os.fspath(self.weights) if isinstance(self.weights, os.PathLike) else self.weights
             key = (get_spec(self.backbone).name, weights, self.image_size, self.pooling, self.layer)
-            bb = self._backbone = _shared_backbone(key)
+            bb = self._backbone = _shared_backbone(key, self.weights_mirror, self.offline)
         return bb
 
     def _batch_size(self, bb: Backbone) -> int:

@@ -14,6 +14,10 @@ import pytest
 from photos import photo_files  # noqa: F401  (re-exported for the test modules)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests never use the internet: featx's only network access (downloading ImageNet weights missing
+# from the Keras cache) is off for every test and its subprocesses; tests/test_weights_download.py
+# turns it on against a loopback server.
+os.environ["FEATX_OFFLINE"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_SIZE = 96  # small inputs keep the suite fast; the vendored conv weights work at any size

@@ -1,4 +1,5 @@
-"""Backbone registry, offline weight resolution, the fingerprint, and backend neutrality."""
+"""Backbone registry, weight resolution from the Keras cache, the fingerprint, and backend neutrality
+(downloads: tests/test_weights_download.py)."""
 
 from __future__ import annotations
 
@@ -102,12 +103,14 @@ def test_efficientnet_input_normalisation_is_the_networks(tmp_path, release_quir
         assert np.abs(unfixed - expected).max() > 100 * 1e-5
 
 
-def test_missing_imagenet_weights_stop_with_the_file_name_and_two_ways(tmp_path, monkeypatch):
+def test_offline_missing_imagenet_weights_stop_with_the_file_name_and_the_ways(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
+    monkeypatch.setenv("FEATX_OFFLINE", "1")  # online, the file is downloaded (tests/test_weights_download.py)
     with pytest.raises(WeightsUnavailable) as err:
         Backbone.build("efficientnetb0", weights="imagenet")
     msg = str(err.value)
     assert "efficientnetb0_notop.h5" in msg and "KERAS_HOME" in msg and "--weights PATH" in msg
+    assert "FEATX_WEIGHTS_MIRROR" in msg and "--backbone mobilenet_0.25" in msg
     assert "never falls back" in msg
 
 

@@ -137,7 +137,7 @@ def test_exit_codes_and_messages(tmp_path, monkeypatch):
     assert r.returncode == 2 and "must be a positive integer or auto, got '0'" in r.stderr
     data = make_photo_set(tmp_path / "d", classes=("cat",), n=2)
     r = run_cli("extract", str(data), "--store", str(tmp_path / "s.h5"), "--backbone", "resnet50",
-                env={"KERAS_HOME": str(tmp_path / "kh")})
+                env={"KERAS_HOME": str(tmp_path / "kh"), "FEATX_OFFLINE": "1"})
     assert r.returncode == 1 and "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in r.stderr
     assert not (tmp_path / "s.h5").exists()  # nothing written, nothing silently random
     # a path that is not there, or a folder where a file is expected: one line, exit 2, in every command
