@@ -95,7 +95,13 @@ def bench_featx(files, backbone, batch_size, workers, store: Path) -> tuple[floa
                       workers=workers, progress=False)
     wall = time.perf_counter() - start
     return summary.n_extracted / wall, {"n_extracted": summary.n_extracted, "n_skipped": summary.n_skipped,
-                                        "loop_images_per_second": summary.images_per_second}
+                                        "loop_images_per_second": summary.images_per_second,
+                                        "stage_seconds": stage_seconds(summary), "bottleneck": summary.bottleneck}
+
+
+def stage_seconds(summary) -> dict:
+    """Where (c)'s extraction loop spent its time, from featx's own summary."""
+    return {k: round(getattr(summary, f"{k}_seconds"), 3) for k in ("loop", "decode_wait", "model", "store")}
 
 
 def stock_keras_in_process(backbone, batch_size):
@@ -223,6 +229,10 @@ def main(argv=None) -> int:
         print(f"  {k:28s} {v:10.1f} images/s")
     for k, v in ratios.items():
         print(f"  {k:28s} {v:10.2f}")
+    if "featx" in res:  # the last (c) run's breakdown: is the end-to-end run decode- or model-bound?
+        t = res["featx"]["stage_seconds"]
+        print("  (c) stages, last run: " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items())
+              + f": {res['featx']['bottleneck']}-bound")
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps(res) + "\n")

@@ -44,13 +44,33 @@ class ExtractSummary:
     splits: dict = field(default_factory=dict)
     seconds: float = 0.0
     images_per_second: float = 0.0
-    model_seconds: float = 0.0
+    # Where the extraction loop's time went (seconds; see stage_times). Measured around the existing
+    # calls, so the breakdown costs a few perf_counter() calls per batch.
+    loop_seconds: float = 0.0  # the whole extraction loop (what images_per_second divides by)
+    decode_wait_seconds: float = 0.0  # waiting for decoded images (decode not keeping up) + batching
+    model_seconds: float = 0.0  # in the model call (host->device, compute, device->host)
+    store_seconds: float = 0.0  # writing rows to the store (and reading reused rows)
     batch_size: int = 0  # fed to the model at the end: smaller than asked after an out-of-memory back-off
     oom_backoffs: list = field(default_factory=list)  # [[from, to]] per halving
     interrupted: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def bottleneck(self) -> str | None:
+        """The stage the loop spent most of its time in ("decode", "model" or "store"), if any ran."""
+        stages = {"decode": self.decode_wait_seconds, "model": self.model_seconds, "store": self.store_seconds}
+        return max(stages, key=stages.get) if self.loop_seconds > 0 and any(stages.values()) else None
+
+    def _time_line(self) -> str:
+        def part(name: str, seconds: float) -> str:
+            return f"{name} {seconds:.1f} s ({100 * seconds / self.loop_seconds:.0f}%)"
+
+        other = max(0.0, self.loop_seconds - self.decode_wait_seconds - self.model_seconds - self.store_seconds)
+        return (f"time       {part('waiting for decoded images', self.decode_wait_seconds)}, "
+                f"{part('model', self.model_seconds)}, {part('store', self.store_seconds)}, "
+                f"{part('other', other)} of {self.loop_seconds:.1f} s extracting: {self.bottleneck}-bound")
 
     def format(self) -> str:
         lines = [
@@ -62,6 +82,8 @@ class ExtractSummary:
             f"speed      {self.images_per_second:.1f} images/s while extracting, batch {self.batch_size}; "
             f"{self.seconds:.1f} s in all (model build and store merge included)",
         ]
+        if self.loop_seconds > 0 and self.n_extracted:
+            lines.append(self._time_line())
         if self.skipped_by_kind:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped_by_kind.items()))
             lines.append(f"skipped    by reason: {kinds}")
@@ -197,7 +219,7 @@ def extract(
             batch_size, why = auto_batch_size(bb.inference_model, used_device, n_images=len(todo))
             log.info("%s", why)
         bar = _progress_bar(len(todo), progress)
-        model_seconds = 0.0
+        model_seconds = store_seconds = decode_wait_seconds = 0.0
         pipeline_started = time.perf_counter()
 
         model = BackoffPredictor(bb.predict, batch_size)  # halves the batch on out-of-memory, says so
@@ -210,11 +232,20 @@ def extract(
             crash_point("predicted")
             return out
 
+        results = pipeline.run(
+            todo, predict, image_size=bb.image_size, batch_size=batch_size, workers=workers,
+            known_hashes=index.by_hash, max_pixels=max_pixels, image_timeout=image_timeout,
+        )
         try:
-            for result in pipeline.run(
-                todo, predict, image_size=bb.image_size, batch_size=batch_size, workers=workers,
-                known_hashes=index.by_hash, max_pixels=max_pixels, image_timeout=image_timeout,
-            ):
+            while True:
+                # One pipeline step = waiting for a batch of decoded images + the model call on it;
+                # the model's share is timed inside predict(), the rest is the wait for decoding.
+                step_started, model_before = time.perf_counter(), model_seconds
+                result = next(results, None)
+                decode_wait_seconds += time.perf_counter() - step_started - (model_seconds - model_before)
+                if result is None:
+                    break
+                store_started = time.perf_counter()
                 pairs = result.computed + result.reused
                 features = [result.features] if result.computed else []
                 if result.reused:
@@ -235,6 +266,7 @@ def extract(
                     for it, d in result.skipped
                 ]
                 writer.append(rows, Skips.from_records(skips), n_computed=len(result.computed))
+                store_seconds += time.perf_counter() - store_started
                 skipped += skips
                 summary.n_extracted += len(result.computed)
                 summary.n_reused += len(result.reused)
@@ -244,6 +276,7 @@ def extract(
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
+            results.close()  # stops the decode threads now on an error or Ctrl-C (not at garbage collection)
             bar.close()
             pipeline_seconds = time.perf_counter() - pipeline_started
             if prune and not summary.interrupted:
@@ -255,7 +288,10 @@ def extract(
     summary.seconds = time.perf_counter() - started
     # throughput of the extraction loop itself (model build and store consolidation excluded)
     summary.images_per_second = summary.n_extracted / pipeline_seconds if pipeline_seconds else 0.0
+    summary.loop_seconds = pipeline_seconds
     summary.model_seconds = model_seconds
+    summary.decode_wait_seconds = decode_wait_seconds
+    summary.store_seconds = store_seconds
     summary.batch_size = model.batch_size
     summary.oom_backoffs = [list(b) for b in model.backoffs]
     with FeatureStore(store) as fs:

@@ -175,3 +175,35 @@ def test_extract_features_in_memory_keeps_order_and_marks_bad(tmp_path, backbone
     assert out.features.shape == (4, 256)
     assert out.ok.tolist() == [True, False, True, True]
     assert out.skipped[0]["index"] == 1 and out.skipped[0]["kind"] == "not_an_image"
+
+
+def test_summary_says_where_the_time_went(flower_set, tmp_path, backbone, monkeypatch):
+    """The stage times add up to the loop and point at the slow stage: a decode slowed by 30 ms an
+    image is "decode-bound", a model call slowed by 0.3 s a batch is "model-bound"."""
+    import time
+
+    from featx import pipeline
+
+    real_decode, real_predict = pipeline.decode_file, backbone.predict
+
+    def slow_decode(*args, **kwargs):
+        time.sleep(0.03)
+        return real_decode(*args, **kwargs)
+
+    def slow_predict(pixels):
+        time.sleep(0.3)
+        return real_predict(pixels)
+
+    for name, patch, expected in (("decode", lambda: monkeypatch.setattr(pipeline, "decode_file", slow_decode),
+                                   "decode"),
+                                  ("model", lambda: monkeypatch.setattr(backbone, "predict", slow_predict), "model")):
+        patch()
+        s = extract(flower_set, tmp_path / f"{name}.h5", backbone=backbone, batch_size=8, workers=1, progress=False)
+        monkeypatch.undo()
+        stages = s.decode_wait_seconds + s.model_seconds + s.store_seconds
+        assert min(s.decode_wait_seconds, s.model_seconds, s.store_seconds) >= 0
+        assert 0 < stages <= s.loop_seconds * 1.001 + 1e-3
+        assert s.bottleneck == expected, s.to_dict()
+        d = s.to_dict()
+        assert {"loop_seconds", "decode_wait_seconds", "model_seconds", "store_seconds"} <= d.keys()
+        assert f"{expected}-bound" in s.format() and "waiting for decoded images" in s.format()
