@@ -132,7 +132,8 @@ def backbone_for(fingerprint: dict, weights: str | os.PathLike | None = None) ->
     if match:
         seed = int(match.group(1))
     bb = Backbone.build(fingerprint["backbone"], weights=weights, image_size=tuple(fingerprint["image_size"]),
-                        pooling=fingerprint.get("pooling") or "avg", layer=fingerprint.get("layer"), seed=seed)
+                        pooling=fingerprint.get("pooling") or "avg", layer=fingerprint.get("layer"), seed=seed,
+                        precision=fingerprint.get("precision", "float32"))
     linear.check_fingerprint(fingerprint, bb.fingerprint, what="the backbone built for prediction")
     return bb
 

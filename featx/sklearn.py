@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from featx.backbones import DEFAULT_BACKBONE, POOLINGS, Backbone, fingerprint_id, get_spec, resolve_weights
 from featx.oom import auto_batch_size, check_batch_size
+from featx.precision import check_precision
 from featx.store import FEATURE_DTYPES
 
 ON_ERROR = ("raise", "nan")
@@ -44,8 +45,9 @@ class FeatureExtractionError(ValueError):
 def _shared_backbone(key: tuple) -> Backbone:
     with _BACKBONES_LOCK:
         if key not in _BACKBONES:
-            name, weights, size, pooling, layer = key
-            _BACKBONES[key] = Backbone.build(name, weights=weights, image_size=size, pooling=pooling, layer=layer)
+            name, weights, size, pooling, layer, precision = key
+            _BACKBONES[key] = Backbone.build(name, weights=weights, image_size=size, pooling=pooling, layer=layer,
+                                             precision=precision)
         return _BACKBONES[key]
 
 
@@ -97,6 +99,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         Images per model call; "auto" picks it from the free memory (see ``featx.oom.auto_batch_size``).
     dtype : {"float32", "float16"}, default="float32"
         dtype of the cache's features (the output is float32 either way).
+    precision : {"float32", "bfloat16", "float16"}, default="float32"
+        What the model computes in (``featx.precision``); 16-bit features differ from float32's by
+        round-off, so a non-float32 precision is part of the fingerprint (and of a cache's key).
     cache : path, optional
         Content-addressed feature cache. A path ending in ``.h5`` is one featx store (for one backbone
         configuration); any other path is a folder holding one store per configuration, named
@@ -126,6 +131,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         layer: str | None = None,
         batch_size: int = 32,
         dtype: str = "float32",
+        precision: str = "float32",
         cache: str | os.PathLike | None = None,
         on_error: str = "raise",
         workers: int | None = None,
@@ -137,6 +143,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.layer = layer
         self.batch_size = batch_size
         self.dtype = dtype
+        self.precision = precision
         self.cache = cache
         self.on_error = on_error
         self.workers = workers
@@ -166,6 +173,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         if self.dtype not in FEATURE_DTYPES:
             raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, got {self.dtype!r}")
+        check_precision(self.precision)
         check_batch_size(self.batch_size)
         resolve_weights(spec, self.weights)  # fails now if the weights cannot be had offline
         if X is not None:
@@ -193,7 +201,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         bb = self.__dict__.get("_backbone")
         if bb is None:
             weights = os.fspath(self.weights) if isinstance(self.weights, os.PathLike) else self.weights
-            key = (get_spec(self.backbone).name, weights, self.image_size, self.pooling, self.layer)
+            key = (get_spec(self.backbone).name, weights, self.image_size, self.pooling, self.layer, self.precision)
             bb = self._backbone = _shared_backbone(key)
         return bb
 
