@@ -17,6 +17,8 @@ from featx.backbones import DEFAULT_BACKBONE, Backbone, fingerprint_id, get_spec
 from featx.decode import DEFAULT_MAX_PIXELS
 from featx.runtime import resolve_device, versions
 from featx.sources import ImageSet, Item, assign_splits, display_path, load_source
+from featx.gpudecode import DEFAULT_DECODER, BatchJpegDecoder, DecoderCounts, open_decoder
+from featx.precision import DEFAULT_PRECISION, check_precision
 from featx.oom import BackoffPredictor, auto_batch_size, check_batch_size
 from featx.store import FEATURE_DTYPES, FeatureStore, Rows, Skips, StoreWriter, crash_point
 
@@ -30,6 +32,11 @@ class ExtractSummary:
     fingerprint_id: str
     random_weights: bool
     device: str
+    precision: str = "float32"  # what the model computed in (featx.precision)
+    decoder: str = "cpu"  # which JPEG decoder ran: "cpu" or "gpu-nvjpeg" (featx.gpudecode)
+    decoder_detail: str = "cpu"  # and why (e.g. "cpu (auto: GPU decoder unavailable: ...)")
+    n_gpu_decoded: int = 0  # images the batched (GPU) decoder decoded; the rest went through the CPU decoder
+    n_gpu_failed: int = 0  # routed to it, failed there, handed to the CPU decoder
     n_images: int = 0  # files in the image set
     n_extracted: int = 0  # ran through the CNN in this run
     n_cached: int = 0  # already in the store, untouched
@@ -48,6 +55,7 @@ class ExtractSummary:
     # calls, so the breakdown costs a few perf_counter() calls per batch.
     loop_seconds: float = 0.0  # the whole extraction loop (what images_per_second divides by)
     decode_wait_seconds: float = 0.0  # waiting for decoded images (decode not keeping up) + batching
+    gpu_decode_seconds: float = 0.0  # in the batched (GPU) decoder: upload, decode, resize, download
     model_seconds: float = 0.0  # in the model call (host->device, compute, device->host)
     store_seconds: float = 0.0  # writing rows to the store (and reading reused rows)
     batch_size: int = 0  # fed to the model at the end: smaller than asked after an out-of-memory back-off
@@ -60,15 +68,18 @@ class ExtractSummary:
     @property
     def bottleneck(self) -> str | None:
         """The stage the loop spent most of its time in ("decode", "model" or "store"), if any ran."""
-        stages = {"decode": self.decode_wait_seconds, "model": self.model_seconds, "store": self.store_seconds}
+        stages = {"decode": self.decode_wait_seconds + self.gpu_decode_seconds, "model": self.model_seconds,
+                  "store": self.store_seconds}
         return max(stages, key=stages.get) if self.loop_seconds > 0 and any(stages.values()) else None
 
     def _time_line(self) -> str:
         def part(name: str, seconds: float) -> str:
             return f"{name} {seconds:.1f} s ({100 * seconds / self.loop_seconds:.0f}%)"
 
-        other = max(0.0, self.loop_seconds - self.decode_wait_seconds - self.model_seconds - self.store_seconds)
-        return (f"time       {part('waiting for decoded images', self.decode_wait_seconds)}, "
+        other = max(0.0, self.loop_seconds - self.decode_wait_seconds - self.gpu_decode_seconds
+                    - self.model_seconds - self.store_seconds)
+        gpu = f"{part('GPU decoder', self.gpu_decode_seconds)}, " if self.decoder != "cpu" else ""
+        return (f"time       {part('waiting for decoded images', self.decode_wait_seconds)}, {gpu}"
                 f"{part('model', self.model_seconds)}, {part('store', self.store_seconds)}, "
                 f"{part('other', other)} of {self.loop_seconds:.1f} s extracting: {self.bottleneck}-bound")
 
@@ -76,6 +87,7 @@ class ExtractSummary:
         lines = [
             f"store      {self.store}  ({self.n_store_rows} rows, splits {self.splits})",
             f"backbone   {self.backbone}  fingerprint {self.fingerprint_id}  device {self.device}"
+            + (f"  precision {self.precision}" if self.precision != "float32" else "")
             + ("  [RANDOM WEIGHTS]" if self.random_weights else ""),
             f"images     {self.n_images} in the set: {self.n_extracted} extracted, {self.n_cached} already "
             f"cached, {self.n_reused} reused by content, {self.n_skipped} skipped",
@@ -84,6 +96,9 @@ class ExtractSummary:
         ]
         if self.loop_seconds > 0 and self.n_extracted:
             lines.append(self._time_line())
+        lines.append(f"decoder    {self.decoder_detail}" + (
+            f": {self.n_gpu_decoded} images on the device, {self.n_extracted - self.n_gpu_decoded} by the CPU "
+            f"decoder ({self.n_gpu_failed} of them after the device decoder failed)" if self.decoder != "cpu" else ""))
         if self.skipped_by_kind:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped_by_kind.items()))
             lines.append(f"skipped    by reason: {kinds}")
@@ -119,6 +134,23 @@ class ExtractionInterrupted(KeyboardInterrupt):
         self.summary = summary
 
 
+def with_decoder(fingerprint: dict, jpeg_decoder: "BatchJpegDecoder | None") -> dict:
+    """The store fingerprint: the backbone's, plus the batched decoder's name when one is used (CPU-decoded
+    stores, all existing ones, keep their fingerprint)."""
+    return fingerprint if jpeg_decoder is None else {**fingerprint, "decoder": jpeg_decoder.name}
+
+
+def check_backbone_precision(backbone: str | Backbone, precision: str | None) -> None:
+    """Validate `precision`; with a built Backbone it may only repeat the backbone's own (it is baked
+    into its model and fingerprint), so a request is never silently ignored."""
+    if precision is None:
+        return
+    check_precision(precision)
+    if isinstance(backbone, Backbone) and backbone.precision != precision:
+        raise ValueError(f"precision={precision!r} was asked for, but the given backbone computes in "
+                         f"{backbone.precision}; build it with Backbone.build(..., precision={precision!r})")
+
+
 def _file_state(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -145,6 +177,8 @@ def extract(
     layer: str | None = None,
     batch_size: int | str = "auto",
     dtype: str = "float32",
+    precision: str | None = None,
+    decoder: "str | BatchJpegDecoder" = DEFAULT_DECODER,
     workers: int | None = None,
     device: str = "auto",
     validation_fraction: float = 0.2,
@@ -168,6 +202,12 @@ def extract(
     `lock_timeout` is how long to wait for another writer (0: refuse at once; None: wait).
     `image_timeout`: seconds one image may take to read and decode before it is skipped as
     "timeout" (None: no limit), so one hung file cannot stall the run.
+    `precision` (float32, bfloat16, float16; default float32) is what the model computes in; a
+    non-float32 precision is part of the fingerprint, so it never mixes with float32 rows in one store.
+    With a built `backbone`, its own precision is used and `precision` may only repeat it.
+    `decoder`: "cpu" (default), "gpu" (torchvision's nvJPEG; an error when it cannot run) or "auto"
+    (the GPU decoder when usable; the summary says which ran). See :mod:`featx.gpudecode`; a store made
+    with the GPU decoder records it in its fingerprint.
     `on_progress(n)`, when given, is called after each committed batch with its number of images (a
     caller's own progress display, e.g. one bar across cluster workers).
     See :mod:`featx.store` for the layout and guarantees.
@@ -176,25 +216,30 @@ def extract(
     # Cheap argument checks first, so a typo fails before a large folder is scanned.
     if not isinstance(backbone, Backbone):
         get_spec(backbone)
+    check_backbone_precision(backbone, precision)
     if dtype not in FEATURE_DTYPES:
         raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
     check_batch_size(batch_size)
     pipeline.check_image_timeout(image_timeout)
+    jpeg_decoder, decoder_detail = open_decoder(decoder)  # "gpu" that cannot run fails here, before any work
     image_set = data if isinstance(data, ImageSet) else load_source(data, allow_outside_root=allow_outside_root)
     if assign_split:
         image_set = assign_splits(
             image_set, validation_fraction=validation_fraction, test_fraction=test_fraction, seed=split_seed
         )
     bb = backbone if isinstance(backbone, Backbone) else Backbone.build(
-        backbone, weights=weights, image_size=image_size, pooling=pooling, layer=layer
+        backbone, weights=weights, image_size=image_size, pooling=pooling, layer=layer,
+        precision=precision or DEFAULT_PRECISION,
     )
     crash_point("model-built")  # test-only kill -9 hook (FEATX_TEST_CRASH_AT)
     used_device = resolve_device(device)
-    fid = fingerprint_id(bb.fingerprint)
-    summary = ExtractSummary(str(store), bb.spec.name, fid, bb.random_weights, used_device,
+    fingerprint = with_decoder(bb.fingerprint, jpeg_decoder)
+    fid = fingerprint_id(fingerprint)
+    summary = ExtractSummary(str(store), bb.spec.name, fid, bb.random_weights, used_device, bb.precision,
+                             "cpu" if jpeg_decoder is None else jpeg_decoder.name, decoder_detail,
                              n_images=len(image_set.items), ignored=list(image_set.ignored))
     writer = StoreWriter(
-        store, fingerprint=bb.fingerprint, fingerprint_id=fid, feature_dtype=dtype, root=image_set.root,
+        store, fingerprint=fingerprint, fingerprint_id=fid, feature_dtype=dtype, root=image_set.root,
         split_method=image_set.split_method, random_weights=bb.random_weights, versions=versions(),
         lock_timeout=lock_timeout,
     )
@@ -235,14 +280,18 @@ def extract(
         results = pipeline.run(
             todo, predict, image_size=bb.image_size, batch_size=batch_size, workers=workers,
             known_hashes=index.by_hash, max_pixels=max_pixels, image_timeout=image_timeout,
+            batch_decoder=jpeg_decoder,
         )
+        counts = jpeg_decoder.counts if jpeg_decoder is not None else DecoderCounts()
+        counts_before = replace(counts)
         try:
             while True:
                 # One pipeline step = waiting for a batch of decoded images + the model call on it;
                 # the model's share is timed inside predict(), the rest is the wait for decoding.
-                step_started, model_before = time.perf_counter(), model_seconds
+                step_started, model_before, gpu_before = time.perf_counter(), model_seconds, counts.seconds
                 result = next(results, None)
-                decode_wait_seconds += time.perf_counter() - step_started - (model_seconds - model_before)
+                decode_wait_seconds += (time.perf_counter() - step_started - (model_seconds - model_before)
+                                        - (counts.seconds - gpu_before))
                 if result is None:
                     break
                 store_started = time.perf_counter()
@@ -292,6 +341,9 @@ def extract(
     summary.model_seconds = model_seconds
     summary.decode_wait_seconds = decode_wait_seconds
     summary.store_seconds = store_seconds
+    summary.gpu_decode_seconds = counts.seconds - counts_before.seconds
+    summary.n_gpu_decoded = counts.gpu - counts_before.gpu
+    summary.n_gpu_failed = counts.gpu_failed - counts_before.gpu_failed
     summary.batch_size = model.batch_size
     summary.oom_backoffs = [list(b) for b in model.backoffs]
     with FeatureStore(store) as fs:
@@ -328,15 +380,19 @@ def extract_features(
     batch_size: int = 32,
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    decoder: "str | BatchJpegDecoder" = DEFAULT_DECODER,
 ) -> InMemoryFeatures:
-    """Features of `paths` without a store (for predicting); bad files become NaN rows + a skip record."""
+    """Features of `paths` without a store (for predicting); bad files become NaN rows + a skip record.
+    The model's precision is the backbone's (Backbone.build(precision=...)); `decoder` as in extract()."""
+    jpeg_decoder, _ = open_decoder(decoder)
     items = [Item(os.fspath(p), display_path(os.fspath(p)), None, None) for p in paths]
     position = {id(item): i for i, item in enumerate(items)}
     features = np.full((len(items), backbone.feature_dim), np.nan, np.float32)
     hashes = [""] * len(items)
     skipped: list[dict] = []
     for result in pipeline.run(items, BackoffPredictor(backbone.predict, batch_size), image_size=backbone.image_size,
-                               batch_size=batch_size, workers=workers, max_pixels=max_pixels):
+                               batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                               batch_decoder=jpeg_decoder):
         for (item, decoded), row in zip(result.computed, result.features if result.computed else []):
             features[position[id(item)]] = row
             hashes[position[id(item)]] = decoded.sha256
