@@ -344,6 +344,9 @@ def extract(
     summary.gpu_decode_seconds = counts.seconds - counts_before.seconds
     summary.n_gpu_decoded = counts.gpu - counts_before.gpu
     summary.n_gpu_failed = counts.gpu_failed - counts_before.gpu_failed
+    if summary.n_gpu_failed:  # not silent: many of these mean the device decoder is not doing its job
+        log.warning("%s failed on %d of the %d images routed to it; the CPU decoder took them (see the summary)",
+                    summary.decoder, summary.n_gpu_failed, summary.n_gpu_failed + summary.n_gpu_decoded)
     summary.batch_size = model.batch_size
     summary.oom_backoffs = [list(b) for b in model.backoffs]
     with FeatureStore(store) as fs:
