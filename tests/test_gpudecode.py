@@ -161,7 +161,7 @@ def test_mixed_folder_same_skips_and_fallback(tmp_path, backbone):
             # files the CPU decoder decoded (PNG, CMYK, rotated, ... and the fallbacks) are bit-identical
             assert (cos > 0.999999).sum() >= len(theirs) - s.n_gpu_decoded
     assert s.n_gpu_decoded + s.n_gpu_failed < s.n_extracted  # (some never went to the device)
-    with pytest.raises(FingerprintMismatch):  # rows of two decoders never mix in one store
+    with pytest.raises(FingerprintMismatch, match="decoder"):  # rows of two decoders never mix in one store
         extract(data, tmp_path / "cpu.h5", backbone=backbone, batch_size=8, progress=False, assign_split=False,
                 decoder=cpu_decoder())
 
@@ -193,3 +193,10 @@ def test_cli_decoder_gpu_without_gpu_fails_clearly_and_auto_says_which_ran(tmp_p
     assert summary["precision"] == "bfloat16" and summary["n_extracted"] == 6
     with FeatureStore(tmp_path / "s.h5") as fs:
         assert fs.fingerprint["precision"] == "bfloat16" and "decoder" not in fs.fingerprint
+
+
+def test_classifier_trained_on_gpu_decoded_features_predicts_with_the_cpu_decoder(backbone):
+    from featx.classify import backbone_for
+
+    bb = backbone_for({**backbone.fingerprint, "decoder": "gpu-nvjpeg"})
+    assert bb.fingerprint == backbone.fingerprint  # the same backbone; new images go through the CPU decoder

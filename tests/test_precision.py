@@ -67,7 +67,7 @@ def test_store_refuses_mixing_precisions(tmp_path, backbone, bf16_backbone):
     assert summary.precision == "bfloat16" and "precision bfloat16" in summary.format()
     with FeatureStore(store) as fs:
         assert fs.fingerprint["precision"] == "bfloat16"
-    with pytest.raises(FingerprintMismatch):
+    with pytest.raises(FingerprintMismatch, match="precision"):
         extract(data, store, backbone=backbone, batch_size=4, progress=False)
     # a request that contradicts the built backbone is refused, not ignored
     with pytest.raises(ValueError, match="computes in float32"):
@@ -86,3 +86,10 @@ def test_feature_extractor_precision_param(backbone):
     assert fx.fit().fingerprint_["precision"] == "bfloat16"
     with pytest.raises(ValueError, match="precision must be one of"):
         FeatureExtractor(backbone="mobilenet_0.25", precision="int8").fit()
+
+
+def test_classifier_of_a_bfloat16_store_predicts_in_bfloat16(backbone):
+    from featx.classify import backbone_for
+
+    bb = backbone_for({**backbone.fingerprint, "precision": "bfloat16"})
+    assert bb.precision == "bfloat16" and bb.fingerprint["precision"] == "bfloat16"
