@@ -17,6 +17,11 @@ The fresh process also times the stock network alone on a resident batch ("stock
 is how much faster featx's model is, which is what c/d (TF defaults) comes to when both pipelines are
 model-bound and equally efficient.
 
+--configs DECODER/PRECISION,... runs (c) once per configuration, e.g. cpu/float32,gpu/float32,gpu/bfloat16
+(--decoder of featx extract: cpu, gpu or auto; --precision: float32, bfloat16, float16); (b) is measured
+once per precision. Results of the default configuration cpu/float32 keep their keys (c_featx, b_model);
+others are suffixed, e.g. c_featx[gpu/bfloat16], b_model[bfloat16].
+
 Prints images/s for each and the ratios c/d, c/e, c/min(a, b); writes everything to --json.
 DATA is a folder of class folders; the first N image files (sorted) are used.
 """
@@ -83,7 +88,7 @@ def bench_model(backbone, batch_size, seconds=5.0) -> float:
     return keras_ways.predict_on_batch_rate(model, x, seconds)
 
 
-def bench_featx(files, backbone, batch_size, workers, store: Path) -> tuple[float, dict]:
+def bench_featx(files, backbone, batch_size, workers, store: Path, decoder: str = "cpu") -> tuple[float, dict]:
     from featx.extract import extract
     from featx.sources import ImageSet, Item
 
@@ -92,10 +97,19 @@ def bench_featx(files, backbone, batch_size, workers, store: Path) -> tuple[floa
                          None, "paths", sorted({l for _, l in files}), {"method": "benchmark"})
     start = time.perf_counter()
     summary = extract(image_set, store, backbone=backbone, batch_size=batch_size,
-                      workers=workers, progress=False)
+                      workers=workers, progress=False, decoder=decoder)
     wall = time.perf_counter() - start
     return summary.n_extracted / wall, {"n_extracted": summary.n_extracted, "n_skipped": summary.n_skipped,
-                                        "loop_images_per_second": summary.images_per_second}
+                                        "loop_images_per_second": summary.images_per_second,
+                                        "decoder": summary.decoder_detail, "n_gpu_decoded": summary.n_gpu_decoded,
+                                        "n_gpu_failed": summary.n_gpu_failed, "precision": summary.precision,
+                                        "stage_seconds": stage_seconds(summary), "bottleneck": summary.bottleneck}
+
+
+def stage_seconds(summary) -> dict:
+    """Where (c)'s extraction loop spent its time, from featx's own summary."""
+    return {k: round(getattr(summary, f"{k}_seconds"), 3)
+            for k in ("loop", "decode_wait", "gpu_decode", "model", "store")}
 
 
 def stock_keras_in_process(backbone, batch_size):
@@ -144,6 +158,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-fresh", dest="fresh", action="store_false",
                     help="skip (d) and (e) in a fresh process with TensorFlow's defaults (no featx import)")
     ap.add_argument("--json", default=None, help="append the result as one JSON line to this file")
+    ap.add_argument("--configs", default="cpu/float32",
+                    help="(c) per DECODER/PRECISION, comma-separated, e.g. cpu/float32,gpu/float32,gpu/bfloat16")
+    ap.add_argument("--warmup-n", type=int, default=None,
+                    help="images in the untimed warm-up pass (default: all; a few batches suffice for (c) alone)")
     args = ap.parse_args(argv)
 
     import keras
@@ -154,7 +172,15 @@ def main(argv=None) -> int:
 
     workers = args.workers or default_workers()
     files = pick_files(args.data, args.n)
-    backbone = Backbone.build(args.backbone, weights=args.weights, image_size=args.image_size)
+    configs = [tuple(c.split("/")) for c in args.configs.split(",")]
+    if any(len(c) != 2 for c in configs):
+        ap.error(f"--configs takes DECODER/PRECISION pairs, got {args.configs!r}")
+    backbones = {p: Backbone.build(args.backbone, weights=args.weights, image_size=args.image_size, precision=p)
+                 for p in dict.fromkeys(p for _, p in configs)}
+    backbone = backbones.get("float32") or next(iter(backbones.values()))
+
+    def suffix(config: tuple[str, str]) -> str:  # the default configuration keeps the keys it always had
+        return "" if config == ("cpu", "float32") else f"[{config[0]}/{config[1]}]"
     backend = keras.backend.backend()
     res: dict = {"backbone": args.backbone, "n": len(files), "batch_size": args.batch_size,
                  "image_size": list(backbone.image_size), "workers": workers, "backend": backend,
@@ -171,7 +197,9 @@ def main(argv=None) -> int:
         if "a" in args.only:
             measure("a_decode", bench_decode, files, backbone.image_size, workers)
         if "b" in args.only:
-            measure("b_model", bench_model, backbone, args.batch_size)
+            for precision, bb in backbones.items():
+                measure("b_model" + ("" if precision == "float32" else f"[{precision}]"), bench_model, bb,
+                        args.batch_size)
         run_keras_ways = backend == "tensorflow" and ("d" in args.only or "e" in args.only)
         if run_keras_ways:
             tree = linked_tree(files, tmp / "tree")
@@ -181,11 +209,15 @@ def main(argv=None) -> int:
         # Then c, d and e alternate, so a slow spell of a shared machine does not land on one of them.
         for r in range(-1, args.repeat):
             if r == 0:  # the warm-up pass is not a sample
-                for key in ("c_featx", "d_dataset_from_directory", "e_image_data_generator"):
+                for key in ("d_dataset_from_directory", "e_image_data_generator",
+                            *(f"c_featx{suffix(c)}" for c in configs)):
                     samples.pop(key, None)
             if "c" in args.only:
-                rate, res["featx"] = bench_featx(files, backbone, args.batch_size, args.workers, tmp / f"bench{r}.h5")
-                samples.setdefault("c_featx", []).append(rate)
+                for c in configs:
+                    some = files[:args.warmup_n] if r < 0 and args.warmup_n else files
+                    rate, res[f"featx{suffix(c)}"] = bench_featx(some, backbones[c[1]], args.batch_size, args.workers,
+                                                                 tmp / f"bench{r}{c[0]}{c[1]}.h5", c[0])
+                    samples.setdefault(f"c_featx{suffix(c)}", []).append(rate)
             if run_keras_ways and "d" in args.only:
                 measure("d_dataset_from_directory", keras_ways.bench_dataset_from_directory, tree,
                         backbone.image_size, args.batch_size, stock)
@@ -211,6 +243,9 @@ def main(argv=None) -> int:
                 ratios[f"c/{k} (TF defaults)"] = rates["c_featx"] / rates[f"{k}_tf_defaults"]
         if "a_decode" in rates and "b_model" in rates:
             ratios["c/min(a,b)"] = rates["c_featx"] / min(rates["a_decode"], rates["b_model"])
+    for c in configs:
+        if suffix(c) and f"c_featx{suffix(c)}" in rates and "c_featx" in rates:
+            ratios[f"c{suffix(c)}/c"] = rates[f"c_featx{suffix(c)}"] / rates["c_featx"]
     if "b_model" in rates and "stock_model_tf_defaults" in rates:
         # featx's model-only speed-up over the stock network: what c/d (TF defaults) comes to when
         # both pipelines are model-bound and run at the same share of their model-only rate.
@@ -223,6 +258,12 @@ def main(argv=None) -> int:
         print(f"  {k:28s} {v:10.1f} images/s")
     for k, v in ratios.items():
         print(f"  {k:28s} {v:10.2f}")
+    for c in configs:  # the last (c) run's breakdown: is the end-to-end run decode- or model-bound?
+        if f"featx{suffix(c)}" in res:
+            run = res[f"featx{suffix(c)}"]
+            print(f"  (c){suffix(c)} stages, last run: "
+                  + ", ".join(f"{k} {v:.2f} s" for k, v in run["stage_seconds"].items())
+                  + f": {run['bottleneck']}-bound; decoder {run['decoder']}")
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps(res) + "\n")

@@ -388,6 +388,8 @@ class Backbone:
     def __init__(self, spec: BackboneSpec, model, fingerprint: dict, weights: WeightsSource, *,
                  pooling: str = "avg"):
         self.spec = spec
+        #: Compute precision of inference_model (featx.precision); recorded in the fingerprint unless float32.
+        self.precision: str = fingerprint.get("precision", "float32")
         #: The stock network (BatchNormalization layers intact): what fine-tuning trains and saves.
         self.model = model
         self.fingerprint = fingerprint
@@ -407,9 +409,14 @@ class Backbone:
             from featx.fold import fold_batchnorm
 
             base = next(layer for layer in self.model.layers if isinstance(layer, keras.Model))
+            from featx.precision import run_check, with_compute_dtype
+
             folded, self.n_folded = fold_batchnorm(base)
-            self._inference_model = _assemble(self.spec, self.image_size, folded, self.pooling,
-                                              fused_input=True)
+            # Only the backbone computes in 16 bits; the input cast and the pooling stay float32.
+            model = _assemble(self.spec, self.image_size, with_compute_dtype(folded, self.precision),
+                              self.pooling, fused_input=True)
+            run_check(model, self.image_size, self.precision)  # a clear error, not a backend trace
+            self._inference_model = model
         return self._inference_model
 
     @property
@@ -446,13 +453,18 @@ class Backbone:
         seed: int = 0,
         weights_mirror: str | None = None,
         offline: bool | None = None,
+        precision: str = "float32",
     ) -> "Backbone":
         """Build the backbone; raises WeightsUnavailable rather than falling back to random weights.
 
         ImageNet weights missing from the Keras cache are downloaded into it first (from
         `weights_mirror`, default FEATX_WEIGHTS_MIRROR, else Keras' address) unless `offline`
         (default FEATX_OFFLINE); ``self.weights`` says where they came from.
+        `precision` (float32, bfloat16, float16) is what inference_model computes in (featx.precision).
         """
+        from featx.precision import check_precision
+
+        check_precision(precision)
         spec = get_spec(name)
         size = normalize_size(spec, image_size)
         if pooling not in POOLINGS:
@@ -519,6 +531,8 @@ class Backbone:
         }
         if stddev_fix:  # only where it applies, so other backbones' stores stay valid
             fingerprint["normalization_fix"] = "imagenet-stddev"
+        if precision != "float32":  # likewise: float32 stores (all existing ones) keep their fingerprint
+            fingerprint["precision"] = precision
         return cls(spec, model, fingerprint, source, pooling=pooling)
 
 

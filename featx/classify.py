@@ -132,8 +132,12 @@ def backbone_for(fingerprint: dict, weights: str | os.PathLike | None = None) ->
     if match:
         seed = int(match.group(1))
     bb = Backbone.build(fingerprint["backbone"], weights=weights, image_size=tuple(fingerprint["image_size"]),
-                        pooling=fingerprint.get("pooling") or "avg", layer=fingerprint.get("layer"), seed=seed)
-    linear.check_fingerprint(fingerprint, bb.fingerprint, what="the backbone built for prediction")
+                        pooling=fingerprint.get("pooling") or "avg", layer=fingerprint.get("layer"), seed=seed,
+                        precision=fingerprint.get("precision", "float32"))
+    # The decoder that made the training features is not part of the backbone: new images are decoded by
+    # the CPU decoder, whose features agree with the GPU decoder's to round-off (featx.gpudecode).
+    backbone_part = {k: v for k, v in fingerprint.items() if k != "decoder"}
+    linear.check_fingerprint(backbone_part, bb.fingerprint, what="the backbone built for prediction")
     return bb
 
 

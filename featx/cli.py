@@ -37,7 +37,8 @@ def cmd_extract(args) -> int:
         raise UsageError("--prune with --shard would drop the other shards' images; prune in a run without --shard")
     options = dict(
         backbone=args.backbone, weights=args.weights, image_size=args.image_size, pooling=args.pooling,
-        layer=args.layer, batch_size=args.batch_size, dtype=args.dtype, workers=args.workers, device=args.device,
+        layer=args.layer, batch_size=args.batch_size, dtype=args.dtype, precision=args.precision,
+        decoder=args.decoder, workers=args.workers, device=args.device,
         validation_fraction=args.validation_fraction, test_fraction=args.test_fraction, split_seed=args.split_seed,
         allow_outside_root=args.allow_outside_root, progress=not args.no_progress,
         image_timeout=args.image_timeout or None,
@@ -391,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=["avg", "max"], default="avg")
     p.add_argument("--layer", default=None, help="take features from this named layer instead")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--precision", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="what the model computes in (16 bits: faster on GPUs, features differ by round-off; "
+                        "recorded in the store's fingerprint)")
+    p.add_argument("--decoder", choices=["cpu", "gpu", "auto"], default="cpu",
+                   help="JPEG decoder: cpu (default), gpu (torchvision nvJPEG; an error if it cannot run) or "
+                        "auto (gpu when usable; the summary says which ran)")
     p.add_argument("--workers", type=int, default=None,
                    help="decoding threads (default: one per core, up to two per core while the model waits)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",

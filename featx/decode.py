@@ -25,7 +25,7 @@ import re
 import stat
 import struct
 import threading
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +40,7 @@ __all__ = [
     "Decoded",
     "Skip",
     "decode_array",
+    "decode_deferred",
     "decode_file",
     "open_rgb",
     "read_bytes",
@@ -129,6 +130,9 @@ class Decoded:
     # decode_file was told the content hash is already known (see known_hashes).
     pixels: np.ndarray | None
     skip: Skip | None
+    # The file's bytes, only when decode_file's `defer` took the file for a batched decoder
+    # (featx.gpudecode): pixels and skip are then None until decode_deferred or that decoder runs.
+    encoded: bytes | None = None
 
 
 class DecodeError(Exception):
@@ -739,6 +743,7 @@ def decode_file(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     known_hashes: Container[str] = frozenset(),
+    defer: Callable[[bytes], bool] | None = None,
 ) -> Decoded:
     """Read and decode one file to uint8 RGB pixels of ``size`` = (height, width).
 
@@ -747,6 +752,8 @@ def decode_file(
     ``known_hashes`` it is read and hashed but not decoded: ``pixels`` and ``skip`` are both
     None (the caller already has results for that content). Raises ValueError only for an
     invalid ``size`` and TypeError for a ``path`` that is not a path (programming errors).
+    ``defer(data)``, when given and true for the file's bytes (read and hashed as always), returns
+    them undecoded in ``Decoded.encoded`` for a batched decoder; decode_deferred decodes them here.
     """
     h, w = _check_size(size)
     path_str = os.fsdecode(os.fspath(path))
@@ -794,6 +801,22 @@ def decode_file(
         # Same bytes as something already processed (e.g. features cached under this hash):
         # decoding is the expensive part, and its result would be identical.
         return Decoded(path_str, digest, nbytes, mtime_ns, None, None)
+    if defer is not None and defer(data):
+        return Decoded(path_str, digest, nbytes, mtime_ns, None, None, data)
+    return _decode_data(path_str, data, digest, nbytes, mtime_ns, (h, w), max_pixels)
+
+
+def decode_deferred(decoded: Decoded, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Decode a file decode_file deferred (``decoded.encoded``) exactly as decode_file would have."""
+    if decoded.encoded is None:
+        raise ValueError(f"{decoded.path}: nothing deferred to decode")
+    return _decode_data(decoded.path, decoded.encoded, decoded.sha256, decoded.nbytes, decoded.mtime_ns,
+                        _check_size(size), max_pixels)
+
+
+def _decode_data(path_str: str, data: bytes, digest: str, nbytes: int, mtime_ns: int, size: tuple[int, int],
+                 max_pixels: int) -> Decoded:
+    h, w = size
     # A square draft request keeps both sides >= the target whichever way EXIF rotates the image.
     side = max(h, w)
     try:

@@ -55,9 +55,11 @@ from featx import pipeline
 from featx.backbones import DEFAULT_BACKBONE, Backbone, fingerprint_id, get_spec
 from featx.decode import DEFAULT_MAX_PIXELS
 from featx.download import offline_mode, weights_mirror as _weights_mirror
-from featx.extract import (ExtractionInterrupted, ExtractSummary, _file_state, _progress_bar, extract,
-                           weights_summary)
+from featx.extract import (ExtractionInterrupted, ExtractSummary, _file_state, _progress_bar,
+                           check_backbone_precision, extract, weights_summary, with_decoder)
 from featx.oom import check_batch_size
+from featx.gpudecode import DEFAULT_DECODER, open_decoder
+from featx.precision import DEFAULT_PRECISION
 from featx.sources import ImageSet, Item, assign_splits, load_source
 from featx.store import (FEATURE_DTYPES, FeatureStore, MergeReport, StoreError, StoreWriter, merge_stores)
 
@@ -197,6 +199,8 @@ def extract_shard(
     layer: str | None = None,
     batch_size: int | str = "auto",
     dtype: str = "float32",
+    precision: str | None = None,
+    decoder: str = DEFAULT_DECODER,
     workers: int | None = None,
     device: str = "auto",
     validation_fraction: float = 0.2,
@@ -226,17 +230,19 @@ def extract_shard(
     plan = _plan(image_set, store)
     mine = [it for it in plan.todo if shard_of(it.relpath, n) == i]
     n_in_shard = sum(1 for it in plan.image_set.items if shard_of(it.relpath, n) == i)
+    check_backbone_precision(backbone, precision)
     bb = backbone if isinstance(backbone, Backbone) else Backbone.build(
         backbone, weights=weights, image_size=image_size, pooling=pooling, layer=layer,
-        weights_mirror=weights_mirror, offline=offline)
+        weights_mirror=weights_mirror, offline=offline, precision=precision or DEFAULT_PRECISION)
     # refuse now what the merge would refuse after all the work: STORE of another fingerprint/dtype/split
-    StoreWriter(store, fingerprint=bb.fingerprint, fingerprint_id=fingerprint_id(bb.fingerprint), feature_dtype=dtype,
+    fingerprint = with_decoder(bb.fingerprint, open_decoder(decoder)[0])
+    StoreWriter(store, fingerprint=fingerprint, fingerprint_id=fingerprint_id(fingerprint), feature_dtype=dtype,
                 split_method=plan.image_set.split_method).check_compatible()
     path = shard_path(store, i, n)
     path.parent.mkdir(parents=True, exist_ok=True)
     summary = extract(
         replace(plan.image_set, items=mine), path, backbone=bb, batch_size=batch_size, dtype=dtype,
-        workers=workers, device=device, progress=progress, max_pixels=max_pixels, assign_split=False,
+        decoder=decoder, workers=workers, device=device, progress=progress, max_pixels=max_pixels, assign_split=False,
         lock_timeout=lock_timeout, image_timeout=image_timeout,
     )
     # the images of this shard that STORE already holds count as cached, as on one machine
@@ -399,18 +405,20 @@ _BACKBONES_LOCK = threading.Lock()
 
 
 def worker_backbone(name: str, weights: str | None, image_size: Any, pooling: str, layer: str | None,
-                    weights_mirror: str | None = None, offline: bool | None = None) -> Backbone:
+                    weights_mirror: str | None = None, offline: bool | None = None,
+                    precision: str = "float32") -> Backbone:
     """The backbone of this configuration, built once per process and reused by every later task on it.
 
     `weights_mirror` / `offline` are the client's (a remote worker does not share its environment); a
     worker missing the ImageNet file downloads it into its own Keras cache, one process at a time
     per cache (featx.download locks the file)."""
-    key = (name, weights, None if image_size is None else str(image_size), pooling, layer)
+    key = (name, weights, None if image_size is None else str(image_size), pooling, layer, precision)
     with _BACKBONES_LOCK:  # a worker with several threads builds it once, not once per thread
         bb = _BACKBONES.get(key)
         if bb is None:
             bb = _BACKBONES[key] = Backbone.build(name, weights=weights, image_size=image_size, pooling=pooling,
-                                                  layer=layer, weights_mirror=weights_mirror, offline=offline)
+                                                  layer=layer, weights_mirror=weights_mirror, offline=offline,
+                                                  precision=precision)
     return bb
 
 
@@ -424,12 +432,13 @@ def _where() -> dict:
     return {"pid": os.getpid(), "host": socket.gethostname(), "worker": worker}
 
 
-def _fingerprint_task(config: dict, device: str) -> dict:
+def _fingerprint_task(config: dict, device: str, decoder: str = DEFAULT_DECODER) -> dict:
     from featx.runtime import resolve_device, versions
 
     _pin_gpu()
     bb = worker_backbone(**config)
-    return {"fingerprint": bb.fingerprint, "fingerprint_id": fingerprint_id(bb.fingerprint),
+    fingerprint = with_decoder(bb.fingerprint, open_decoder(decoder)[0])  # the decoder as this worker runs it
+    return {"fingerprint": fingerprint, "fingerprint_id": fingerprint_id(fingerprint),
             "random_weights": bb.random_weights, "device": resolve_device(device), "versions": versions(),
             "weights": weights_summary(bb), **_where()}
 
@@ -509,6 +518,8 @@ def extract_distributed(
     layer: str | None = None,
     batch_size: int | str = "auto",
     dtype: str = "float32",
+    precision: str | None = None,
+    decoder: str = DEFAULT_DECODER,
     workers: int | None = None,
     device: str = "auto",
     validation_fraction: float = 0.2,
@@ -559,19 +570,21 @@ def extract_distributed(
     if n_shards is None and len(existing) > 1:
         raise StoreError(f"{shard_dir(store)} holds shards of runs split {sorted(existing)} ways; join them with "
                          f"`featx merge {store}` first")
+    check_backbone_precision(backbone, precision)
     config = {"name": get_spec(backbone).name, "pooling": pooling, "layer": layer, "image_size": image_size,
+              "precision": precision or DEFAULT_PRECISION,
               "weights": weights if weights is None or str(weights).lower() in ("imagenet", "none", "random")
               else str(Path(weights).absolute()),
               # this process's settings (argument, else environment), so remote workers follow them
               "weights_mirror": _weights_mirror(weights_mirror), "offline": offline_mode(offline)}
-    options = {"batch_size": batch_size, "dtype": dtype, "workers": workers, "device": device,
+    options = {"batch_size": batch_size, "dtype": dtype, "decoder": decoder, "workers": workers, "device": device,
                "max_pixels": max_pixels, "image_timeout": image_timeout, "lock_timeout": shard_lock_timeout}
 
     with connect(cluster) as client:
         info = client.scheduler_info()
         threads = sum(w.get("nthreads", 1) for w in info["workers"].values()) or 1
         # one task first: the workers' fingerprint, checked against STORE before any work is sent out
-        fp = client.submit(_fingerprint_task, config, device, pure=False,
+        fp = client.submit(_fingerprint_task, config, device, decoder, pure=False,
                            key=f"featx-fingerprint-{uuid.uuid4().hex[:8]}").result()
         StoreWriter(store, fingerprint=fp["fingerprint"], fingerprint_id=fp["fingerprint_id"], feature_dtype=dtype,
                     split_method=plan.image_set.split_method).check_compatible()
@@ -581,6 +594,7 @@ def extract_distributed(
             groups.setdefault(shard_of(item.relpath, n), []).append(item)
         summary = DistributedSummary(
             str(store), fp["fingerprint"]["backbone"], fp["fingerprint_id"], fp["random_weights"], fp["device"],
+            fp["fingerprint"].get("precision", DEFAULT_PRECISION),
             n_images=len(plan.image_set.items), n_cached=plan.n_cached, ignored=list(image_set.ignored),
             weights=fp["weights"],
             cluster=(str(parse_cluster(cluster)) if isinstance(cluster, (str, ClusterSpec))
@@ -672,7 +686,14 @@ def _add_shard_results(summary: DistributedSummary, results: list[dict], loop_se
         summary.n_extracted += s["n_extracted"]
         summary.n_cached += s["n_cached"]
         summary.n_reused += s["n_reused"]
-        summary.model_seconds += s["model_seconds"]
+        summary.model_seconds += s["model_seconds"]  # summed over the workers (busy seconds, not wall time)
+        summary.decode_wait_seconds += s["decode_wait_seconds"]
+        summary.store_seconds += s["store_seconds"]
+        summary.n_gpu_decoded += s["n_gpu_decoded"]
+        summary.n_gpu_failed += s["n_gpu_failed"]
+        summary.gpu_decode_seconds += s["gpu_decode_seconds"]
+        if s["decoder"] != "cpu":
+            summary.decoder, summary.decoder_detail = s["decoder"], s["decoder_detail"]
         summary.oom_backoffs += s["oom_backoffs"]
         skipped += s["skipped"]
     summary.skipped = skipped

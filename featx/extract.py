@@ -17,6 +17,8 @@ from featx.backbones import DEFAULT_BACKBONE, Backbone, fingerprint_id, get_spec
 from featx.decode import DEFAULT_MAX_PIXELS
 from featx.runtime import resolve_device, versions
 from featx.sources import ImageSet, Item, assign_splits, display_path, load_source
+from featx.gpudecode import DEFAULT_DECODER, BatchJpegDecoder, DecoderCounts, open_decoder
+from featx.precision import DEFAULT_PRECISION, check_precision
 from featx.oom import BackoffPredictor, auto_batch_size, check_batch_size
 from featx.store import FEATURE_DTYPES, FeatureStore, Rows, Skips, StoreWriter, crash_point
 
@@ -30,6 +32,11 @@ class ExtractSummary:
     fingerprint_id: str
     random_weights: bool
     device: str
+    precision: str = "float32"  # what the model computed in (featx.precision)
+    decoder: str = "cpu"  # which JPEG decoder ran: "cpu" or "gpu-nvjpeg" (featx.gpudecode)
+    decoder_detail: str = "cpu"  # and why (e.g. "cpu (auto: GPU decoder unavailable: ...)")
+    n_gpu_decoded: int = 0  # images the batched (GPU) decoder decoded; the rest went through the CPU decoder
+    n_gpu_failed: int = 0  # routed to it, failed there, handed to the CPU decoder
     n_images: int = 0  # files in the image set
     n_extracted: int = 0  # ran through the CNN in this run
     n_cached: int = 0  # already in the store, untouched
@@ -45,7 +52,13 @@ class ExtractSummary:
     classes: dict = field(default_factory=dict)  # labelled store rows per class
     seconds: float = 0.0
     images_per_second: float = 0.0
-    model_seconds: float = 0.0
+    # Where the extraction loop's time went (seconds; see stage_times). Measured around the existing
+    # calls, so the breakdown costs a few perf_counter() calls per batch.
+    loop_seconds: float = 0.0  # the whole extraction loop (what images_per_second divides by)
+    decode_wait_seconds: float = 0.0  # waiting for decoded images (decode not keeping up) + batching
+    gpu_decode_seconds: float = 0.0  # in the batched (GPU) decoder: upload, decode, resize, download
+    model_seconds: float = 0.0  # in the model call (host->device, compute, device->host)
+    store_seconds: float = 0.0  # writing rows to the store (and reading reused rows)
     batch_size: int = 0  # fed to the model at the end: smaller than asked after an out-of-memory back-off
     oom_backoffs: list = field(default_factory=list)  # [[from, to]] per halving
     interrupted: bool = False
@@ -66,11 +79,29 @@ class ExtractSummary:
                         if (labels == i).any()}
         self.n_stale_rows = sum(1 for p in fs.paths.tolist() if p not in relpaths)
         self.label_conflicts = fs.label_conflicts()
+    @property
+    def bottleneck(self) -> str | None:
+        """The stage the loop spent most of its time in ("decode", "model" or "store"), if any ran."""
+        stages = {"decode": self.decode_wait_seconds + self.gpu_decode_seconds, "model": self.model_seconds,
+                  "store": self.store_seconds}
+        return max(stages, key=stages.get) if self.loop_seconds > 0 and any(stages.values()) else None
+
+    def _time_line(self) -> str:
+        def part(name: str, seconds: float) -> str:
+            return f"{name} {seconds:.1f} s ({100 * seconds / self.loop_seconds:.0f}%)"
+
+        other = max(0.0, self.loop_seconds - self.decode_wait_seconds - self.gpu_decode_seconds
+                    - self.model_seconds - self.store_seconds)
+        gpu = f"{part('GPU decoder', self.gpu_decode_seconds)}, " if self.decoder != "cpu" else ""
+        return (f"time       {part('waiting for decoded images', self.decode_wait_seconds)}, {gpu}"
+                f"{part('model', self.model_seconds)}, {part('store', self.store_seconds)}, "
+                f"{part('other', other)} of {self.loop_seconds:.1f} s extracting: {self.bottleneck}-bound")
 
     def format(self) -> str:
         lines = [
             f"store      {self.store}  ({self.n_store_rows} rows, splits {self.splits})",
             f"backbone   {self.backbone}  fingerprint {self.fingerprint_id}  device {self.device}"
+            + (f"  precision {self.precision}" if self.precision != "float32" else "")
             + ("  [RANDOM WEIGHTS]" if self.random_weights else ""),
         ]
         if self.weights:
@@ -84,6 +115,11 @@ class ExtractSummary:
             f"speed      {self.images_per_second:.1f} images/s while extracting, batch {self.batch_size}; "
             f"{self.seconds:.1f} s in all (model build and store merge included)",
         ]
+        if self.loop_seconds > 0 and self.n_extracted:
+            lines.append(self._time_line())
+        lines.append(f"decoder    {self.decoder_detail}" + (
+            f": {self.n_gpu_decoded} images on the device, {self.n_extracted - self.n_gpu_decoded} by the CPU "
+            f"decoder ({self.n_gpu_failed} of them after the device decoder failed)" if self.decoder != "cpu" else ""))
         if self.skipped_by_kind:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped_by_kind.items()))
             lines.append(f"skipped    by reason: {kinds}")
@@ -127,6 +163,23 @@ class ExtractionInterrupted(KeyboardInterrupt):
         self.summary = summary
 
 
+def with_decoder(fingerprint: dict, jpeg_decoder: "BatchJpegDecoder | None") -> dict:
+    """The store fingerprint: the backbone's, plus the batched decoder's name when one is used (CPU-decoded
+    stores, all existing ones, keep their fingerprint)."""
+    return fingerprint if jpeg_decoder is None else {**fingerprint, "decoder": jpeg_decoder.name}
+
+
+def check_backbone_precision(backbone: str | Backbone, precision: str | None) -> None:
+    """Validate `precision`; with a built Backbone it may only repeat the backbone's own (it is baked
+    into its model and fingerprint), so a request is never silently ignored."""
+    if precision is None:
+        return
+    check_precision(precision)
+    if isinstance(backbone, Backbone) and backbone.precision != precision:
+        raise ValueError(f"precision={precision!r} was asked for, but the given backbone computes in "
+                         f"{backbone.precision}; build it with Backbone.build(..., precision={precision!r})")
+
+
 def _file_state(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -153,6 +206,8 @@ def extract(
     layer: str | None = None,
     batch_size: int | str = "auto",
     dtype: str = "float32",
+    precision: str | None = None,
+    decoder: "str | BatchJpegDecoder" = DEFAULT_DECODER,
     workers: int | None = None,
     device: str = "auto",
     validation_fraction: float = 0.2,
@@ -178,6 +233,12 @@ def extract(
     `lock_timeout` is how long to wait for another writer (0: refuse at once; None: wait).
     `image_timeout`: seconds one image may take to read and decode before it is skipped as
     "timeout" (None: no limit), so one hung file cannot stall the run.
+    `precision` (float32, bfloat16, float16; default float32) is what the model computes in; a
+    non-float32 precision is part of the fingerprint, so it never mixes with float32 rows in one store.
+    With a built `backbone`, its own precision is used and `precision` may only repeat it.
+    `decoder`: "cpu" (default), "gpu" (torchvision's nvJPEG; an error when it cannot run) or "auto"
+    (the GPU decoder when usable; the summary says which ran). See :mod:`featx.gpudecode`; a store made
+    with the GPU decoder records it in its fingerprint.
     `on_progress(n)`, when given, is called after each committed batch with its number of images (a
     caller's own progress display, e.g. one bar across cluster workers).
     `weights_mirror` / `offline`: how missing ImageNet weights are fetched (see ``Backbone.build``;
@@ -188,10 +249,12 @@ def extract(
     # Cheap argument checks first, so a typo fails before a large folder is scanned.
     if not isinstance(backbone, Backbone):
         get_spec(backbone)
+    check_backbone_precision(backbone, precision)
     if dtype not in FEATURE_DTYPES:
         raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
     check_batch_size(batch_size)
     pipeline.check_image_timeout(image_timeout)
+    jpeg_decoder, decoder_detail = open_decoder(decoder)  # "gpu" that cannot run fails here, before any work
     image_set = data if isinstance(data, ImageSet) else load_source(data, allow_outside_root=allow_outside_root)
     if assign_split:
         image_set = assign_splits(
@@ -199,16 +262,18 @@ def extract(
         )
     bb = backbone if isinstance(backbone, Backbone) else Backbone.build(
         backbone, weights=weights, image_size=image_size, pooling=pooling, layer=layer,
-        weights_mirror=weights_mirror, offline=offline,
+        weights_mirror=weights_mirror, offline=offline, precision=precision or DEFAULT_PRECISION,
     )
     crash_point("model-built")  # test-only kill -9 hook (FEATX_TEST_CRASH_AT)
     used_device = resolve_device(device)
-    fid = fingerprint_id(bb.fingerprint)
-    summary = ExtractSummary(str(store), bb.spec.name, fid, bb.random_weights, used_device,
+    fingerprint = with_decoder(bb.fingerprint, jpeg_decoder)
+    fid = fingerprint_id(fingerprint)
+    summary = ExtractSummary(str(store), bb.spec.name, fid, bb.random_weights, used_device, bb.precision,
+                             "cpu" if jpeg_decoder is None else jpeg_decoder.name, decoder_detail,
                              n_images=len(image_set.items), ignored=list(image_set.ignored),
                              weights=weights_summary(bb))
     writer = StoreWriter(
-        store, fingerprint=bb.fingerprint, fingerprint_id=fid, feature_dtype=dtype, root=image_set.root,
+        store, fingerprint=fingerprint, fingerprint_id=fid, feature_dtype=dtype, root=image_set.root,
         split_method=image_set.split_method, random_weights=bb.random_weights, versions=versions(),
         lock_timeout=lock_timeout,
     )
@@ -233,7 +298,7 @@ def extract(
             batch_size, why = auto_batch_size(bb.inference_model, used_device, n_images=len(todo))
             log.info("%s", why)
         bar = _progress_bar(len(todo), progress)
-        model_seconds = 0.0
+        model_seconds = store_seconds = decode_wait_seconds = 0.0
         pipeline_started = time.perf_counter()
 
         model = BackoffPredictor(bb.predict, batch_size)  # halves the batch on out-of-memory, says so
@@ -246,11 +311,24 @@ def extract(
             crash_point("predicted")
             return out
 
+        results = pipeline.run(
+            todo, predict, image_size=bb.image_size, batch_size=batch_size, workers=workers,
+            known_hashes=index.by_hash, max_pixels=max_pixels, image_timeout=image_timeout,
+            batch_decoder=jpeg_decoder,
+        )
+        counts = jpeg_decoder.counts if jpeg_decoder is not None else DecoderCounts()
+        counts_before = replace(counts)
         try:
-            for result in pipeline.run(
-                todo, predict, image_size=bb.image_size, batch_size=batch_size, workers=workers,
-                known_hashes=index.by_hash, max_pixels=max_pixels, image_timeout=image_timeout,
-            ):
+            while True:
+                # One pipeline step = waiting for a batch of decoded images + the model call on it;
+                # the model's share is timed inside predict(), the rest is the wait for decoding.
+                step_started, model_before, gpu_before = time.perf_counter(), model_seconds, counts.seconds
+                result = next(results, None)
+                decode_wait_seconds += (time.perf_counter() - step_started - (model_seconds - model_before)
+                                        - (counts.seconds - gpu_before))
+                if result is None:
+                    break
+                store_started = time.perf_counter()
                 pairs = result.computed + result.reused
                 features = [result.features] if result.computed else []
                 if result.reused:
@@ -271,6 +349,7 @@ def extract(
                     for it, d in result.skipped
                 ]
                 writer.append(rows, Skips.from_records(skips), n_computed=len(result.computed))
+                store_seconds += time.perf_counter() - store_started
                 skipped += skips
                 summary.n_extracted += len(result.computed)
                 summary.n_reused += len(result.reused)
@@ -280,6 +359,7 @@ def extract(
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
+            results.close()  # stops the decode threads now on an error or Ctrl-C (not at garbage collection)
             bar.close()
             pipeline_seconds = time.perf_counter() - pipeline_started
             if prune and not summary.interrupted:
@@ -291,7 +371,16 @@ def extract(
     summary.seconds = time.perf_counter() - started
     # throughput of the extraction loop itself (model build and store consolidation excluded)
     summary.images_per_second = summary.n_extracted / pipeline_seconds if pipeline_seconds else 0.0
+    summary.loop_seconds = pipeline_seconds
     summary.model_seconds = model_seconds
+    summary.decode_wait_seconds = decode_wait_seconds
+    summary.store_seconds = store_seconds
+    summary.gpu_decode_seconds = counts.seconds - counts_before.seconds
+    summary.n_gpu_decoded = counts.gpu - counts_before.gpu
+    summary.n_gpu_failed = counts.gpu_failed - counts_before.gpu_failed
+    if summary.n_gpu_failed:  # not silent: many of these mean the device decoder is not doing its job
+        log.warning("%s failed on %d of the %d images routed to it; the CPU decoder took them (see the summary)",
+                    summary.decoder, summary.n_gpu_failed, summary.n_gpu_failed + summary.n_gpu_decoded)
     summary.batch_size = model.batch_size
     summary.oom_backoffs = [list(b) for b in model.backoffs]
     with FeatureStore(store) as fs:
@@ -324,15 +413,19 @@ def extract_features(
     batch_size: int = 32,
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    decoder: "str | BatchJpegDecoder" = DEFAULT_DECODER,
 ) -> InMemoryFeatures:
-    """Features of `paths` without a store (for predicting); bad files become NaN rows + a skip record."""
+    """Features of `paths` without a store (for predicting); bad files become NaN rows + a skip record.
+    The model's precision is the backbone's (Backbone.build(precision=...)); `decoder` as in extract()."""
+    jpeg_decoder, _ = open_decoder(decoder)
     items = [Item(os.fspath(p), display_path(os.fspath(p)), None, None) for p in paths]
     position = {id(item): i for i, item in enumerate(items)}
     features = np.full((len(items), backbone.feature_dim), np.nan, np.float32)
     hashes = [""] * len(items)
     skipped: list[dict] = []
     for result in pipeline.run(items, BackoffPredictor(backbone.predict, batch_size), image_size=backbone.image_size,
-                               batch_size=batch_size, workers=workers, max_pixels=max_pixels):
+                               batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                               batch_decoder=jpeg_decoder):
         for (item, decoded), row in zip(result.computed, result.features if result.computed else []):
             features[position[id(item)]] = row
             hashes[position[id(item)]] = decoded.sha256

@@ -25,7 +25,7 @@ from typing import Any, Callable, Container, Iterable, Iterator
 
 import numpy as np
 
-from featx.decode import DEFAULT_MAX_PIXELS, Decoded, Skip, decode_file
+from featx.decode import DEFAULT_MAX_PIXELS, Decoded, Skip, decode_deferred, decode_file
 from featx.sources import Item
 
 # Seconds one image may take to read and decode. A 100-Mpixel JPEG decodes in about a second on
@@ -257,6 +257,7 @@ def run(
     known_hashes: Container[str] = frozenset(),
     max_pixels: int = DEFAULT_MAX_PIXELS,
     image_timeout: float | None = DEFAULT_IMAGE_TIMEOUT,
+    batch_decoder: Any = None,
 ) -> Iterator[BatchResult]:
     """Decode `items` in parallel and run `predict` on full, fixed-shape batches.
 
@@ -265,6 +266,10 @@ def run(
     features are reused by the caller). A file not read and decoded within `image_timeout`
     seconds (None: no limit) is skipped as "timeout". Yields one BatchResult per model call,
     plus a final one for trailing reused/skipped items.
+
+    With `batch_decoder` (a featx.gpudecode.BatchJpegDecoder), the threads still read and hash every
+    file, but the files it `accepts` are decoded by it a batch at a time; the others, and any it fails
+    on, by the CPU decoder, so skips are the same as without it.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -275,8 +280,11 @@ def run(
     workers = workers or default_workers()
     height, width = image_size
 
+    defer = None if batch_decoder is None else (lambda data: batch_decoder.accepts(data, max_pixels))
+
     def work(item: Item) -> tuple[Item, Decoded]:
-        return item, decode_file(item.path, image_size, max_pixels=max_pixels, known_hashes=known_hashes)
+        return item, decode_file(item.path, image_size, max_pixels=max_pixels, known_hashes=known_hashes,
+                                 defer=defer)
 
     def timed_out(item: Item) -> tuple[Item, Decoded]:
         # Nothing is known about the file: touching it again (even a stat) could hang as well.
@@ -288,9 +296,9 @@ def run(
 
     buffer = np.zeros((batch_size, height, width, 3), np.uint8)
     result = BatchResult()
-    window = max(2 * batch_size, 4 * max_workers)
-    for item, decoded in ordered_map(work, items, workers=workers, window=window, timeout=image_timeout,
-                                     on_timeout=timed_out, max_workers=max_workers):
+    deferred: list[tuple[Item, Decoded]] = []  # taken by batch_decoder, decoded when the batch is full
+
+    def add(item: Item, decoded: Decoded) -> None:
         if decoded.skip is not None:
             result.skipped.append((item, decoded))
         elif decoded.pixels is None:
@@ -299,10 +307,31 @@ def run(
             buffer[len(result.computed)] = decoded.pixels
             # keep only metadata: the pixels now live in the batch buffer
             result.computed.append((item, replace(decoded, pixels=None)))
-            if len(result.computed) == batch_size:
-                result.features = predict(buffer)
-                yield result
-                result = BatchResult()
+
+    def decode_deferred_batch() -> None:
+        pixels = batch_decoder.decode([d.encoded for _, d in deferred], image_size)
+        for (item, decoded), rgb in zip(deferred, pixels):
+            if rgb is None:  # the batched decoder failed on it: the CPU decoder decodes it or says why not
+                add(item, decode_deferred(decoded, image_size, max_pixels=max_pixels))
+            else:
+                add(item, replace(decoded, pixels=rgb, encoded=None))
+        deferred.clear()
+
+    window = max(2 * batch_size, 4 * max_workers)
+    for item, decoded in ordered_map(work, items, workers=workers, window=window, timeout=image_timeout,
+                                     on_timeout=timed_out, max_workers=max_workers):
+        if decoded.encoded is not None:
+            deferred.append((item, decoded))
+        else:
+            add(item, decoded)
+        if deferred and len(result.computed) + len(deferred) == batch_size:
+            decode_deferred_batch()  # fills the batch, less any it had to skip
+        if len(result.computed) == batch_size:
+            result.features = predict(buffer)
+            yield result
+            result = BatchResult()
+    if deferred:
+        decode_deferred_batch()
     if result.computed:
         n = len(result.computed)
         buffer[n:] = 0

@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from featx.backbones import DEFAULT_BACKBONE, POOLINGS, Backbone, fingerprint_id, get_spec, resolve_weights
 from featx.oom import auto_batch_size, check_batch_size
+from featx.precision import check_precision
 from featx.store import FEATURE_DTYPES
 
 ON_ERROR = ("raise", "nan")
@@ -45,9 +46,9 @@ def _shared_backbone(key: tuple, weights_mirror: str | None = None, offline: boo
     # the mirror and offline mode say how a missing file is fetched, not which weights: not in the key
     with _BACKBONES_LOCK:
         if key not in _BACKBONES:
-            name, weights, size, pooling, layer = key
+            name, weights, size, pooling, layer, precision = key
             _BACKBONES[key] = Backbone.build(name, weights=weights, image_size=size, pooling=pooling, layer=layer,
-                                             weights_mirror=weights_mirror, offline=offline)
+                                             weights_mirror=weights_mirror, offline=offline, precision=precision)
         return _BACKBONES[key]
 
 
@@ -100,6 +101,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         Images per model call; "auto" picks it from the free memory (see ``featx.oom.auto_batch_size``).
     dtype : {"float32", "float16"}, default="float32"
         dtype of the cache's features (the output is float32 either way).
+    precision : {"float32", "bfloat16", "float16"}, default="float32"
+        What the model computes in (``featx.precision``); 16-bit features differ from float32's by
+        round-off, so a non-float32 precision is part of the fingerprint (and of a cache's key).
     cache : path, optional
         Content-addressed feature cache. A path ending in ``.h5`` is one featx store (for one backbone
         configuration); any other path is a folder holding one store per configuration, named
@@ -135,6 +139,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         layer: str | None = None,
         batch_size: int = 32,
         dtype: str = "float32",
+        precision: str = "float32",
         cache: str | os.PathLike | None = None,
         on_error: str = "raise",
         workers: int | None = None,
@@ -148,6 +153,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.layer = layer
         self.batch_size = batch_size
         self.dtype = dtype
+        self.precision = precision
         self.cache = cache
         self.on_error = on_error
         self.workers = workers
@@ -180,6 +186,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         if self.dtype not in FEATURE_DTYPES:
             raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, got {self.dtype!r}")
+        check_precision(self.precision)
         check_batch_size(self.batch_size)
         # fails now if the weights cannot be had (offline, or a failed download), not in transform
         resolve_weights(spec, self.weights, weights_mirror=self.weights_mirror, offline=self.offline)
@@ -208,7 +215,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         bb = self.__dict__.get("_backbone")
         if bb is None:
             weights = os.fspath(self.weights) if isinstance(self.weights, os.PathLike) else self.weights
-            key = (get_spec(self.backbone).name, weights, self.image_size, self.pooling, self.layer)
+            key = (get_spec(self.backbone).name, weights, self.image_size, self.pooling, self.layer, self.precision)
             bb = self._backbone = _shared_backbone(key, self.weights_mirror, self.offline)
         return bb
 

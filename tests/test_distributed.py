@@ -103,7 +103,7 @@ def test_shards_partition_by_path_hash(data):
     from featx.sources import load_source
 
     relpaths = [it.relpath for it in load_source(data).items]
-    assert shard_of("daisy/100080576_f52e8ee070_n.jpg", 16) == 3  # a pure function of the path, everywhere
+    assert shard_of("cat/100080576_f52e8ee070_n.jpg", 16) == 3  # a pure function of the path, everywhere
     for n in (1, 3, 7):
         shards = [shard_of(p, n) for p in relpaths]
         assert set(shards) <= set(range(n)) and shards == [shard_of(p, n) for p in relpaths]
@@ -379,3 +379,37 @@ def test_worker_killed_mid_shard_is_retried_and_each_image_stored_once(data, ref
     assert progress_mid_run is not None and 0 < progress_mid_run < 81  # batches reported before any shard ended
     assert sum(updates) == 81
     assert_same_as_reference(store, reference)
+
+
+@pytest.mark.parametrize("visible", ["0,1", "3,5"])
+def test_local_cluster_pins_one_gpu_per_worker(visible, monkeypatch):
+    """`--cluster local` on a machine with CUDA_VISIBLE_DEVICES set: one worker per listed GPU, and each
+    worker, once featx pins it (before its first model), sees exactly one of the ids the parent saw. No GPU
+    is needed to check which id each worker gets."""
+    import distributed
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+
+    def pinned() -> dict:  # runs on the worker (pickled by value)
+        import os
+        import sys
+
+        from distributed import get_worker
+
+        from featx.distributed import _pin_gpu
+
+        before = os.environ.get("CUDA_VISIBLE_DEVICES")
+        backend_loaded = any(m in sys.modules for m in ("tensorflow", "jax", "torch"))
+        _pin_gpu()
+        return {"name": get_worker().name, "before": before, "after": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "backend_loaded": backend_loaded}
+
+    with start_local_cluster() as cluster, distributed.Client(cluster) as client:
+        workers = sorted(client.scheduler_info()["workers"])
+        assert len(workers) == 2  # one per listed GPU, not one per core
+        seen = [client.submit(pinned, workers=[w], pure=False).result(timeout=60) for w in workers]
+        again = [client.submit(pinned, workers=[w], pure=False).result(timeout=60) for w in workers]
+    ids = visible.split(",")
+    assert all(s["before"] == visible and not s["backend_loaded"] for s in seen)
+    assert sorted((s["name"], s["after"]) for s in seen) == [(0, ids[0]), (1, ids[1])]
+    assert [s["after"] for s in again] == [s["after"] for s in seen]  # pinned once, stays pinned

@@ -184,3 +184,35 @@ def test_a_one_class_set_is_warned_about_at_extract_time(tmp_path, backbone):
     summary = extract(data, tmp_path / "one.h5", backbone=backbone, batch_size=4, progress=False)
     assert summary.classes == {"cat": 3}
     assert "WARNING    one class only ('cat')" in summary.format() and "featx train` will refuse" in summary.format()
+
+
+def test_summary_says_where_the_time_went(photo_set, tmp_path, backbone, monkeypatch):
+    """The stage times add up to the loop and point at the slow stage: a decode slowed by 30 ms an
+    image is "decode-bound", a model call slowed by 0.3 s a batch is "model-bound"."""
+    import time
+
+    from featx import pipeline
+
+    real_decode, real_predict = pipeline.decode_file, backbone.predict
+
+    def slow_decode(*args, **kwargs):
+        time.sleep(0.03)
+        return real_decode(*args, **kwargs)
+
+    def slow_predict(pixels):
+        time.sleep(0.3)
+        return real_predict(pixels)
+
+    for name, patch, expected in (("decode", lambda: monkeypatch.setattr(pipeline, "decode_file", slow_decode),
+                                   "decode"),
+                                  ("model", lambda: monkeypatch.setattr(backbone, "predict", slow_predict), "model")):
+        patch()
+        s = extract(photo_set, tmp_path / f"{name}.h5", backbone=backbone, batch_size=8, workers=1, progress=False)
+        monkeypatch.undo()
+        stages = s.decode_wait_seconds + s.model_seconds + s.store_seconds
+        assert min(s.decode_wait_seconds, s.model_seconds, s.store_seconds) >= 0
+        assert 0 < stages <= s.loop_seconds * 1.001 + 1e-3
+        assert s.bottleneck == expected, s.to_dict()
+        d = s.to_dict()
+        assert {"loop_seconds", "decode_wait_seconds", "model_seconds", "store_seconds"} <= d.keys()
+        assert f"{expected}-bound" in s.format() and "waiting for decoded images" in s.format()
