@@ -1,5 +1,5 @@
-"""What can go wrong with a store, as exceptions (all :class:`StoreError`), and how a full disk is told
-apart and reported."""
+"""What can go wrong with a store, as exceptions (all :class:`StoreError`), how a full disk is told
+apart and reported, and how two backbone fingerprints differ (for :class:`FingerprintMismatch` messages)."""
 
 from __future__ import annotations
 
