@@ -253,7 +253,7 @@ def test_swapped_label_names_fail_verify(store):
 
 def test_edit_that_also_rewrites_the_block_checksum_is_still_caught(store):
     # a naive forger updates the block digest of the rows it changed, but not the total over the record
-    from featx.store import CHECKSUM_ROWS, _hash_features
+    from featx.store.checksums import CHECKSUM_ROWS, _hash_features
 
     with h5py.File(store, "r+") as f:
         f["features"][0, 0] = 0.0
