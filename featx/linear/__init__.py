@@ -11,6 +11,10 @@ as they always did.
   by averaged SGD straight from a feature store, a chunk of rows at a time,
   for splits too large to load; :func:`search_sgd` chooses its ``alpha`` on a
   held-out part of the split.
+- :mod:`featx.linear.store_training`: :func:`train_store_sgd`, the store-level
+  entry point (``featx train --sgd``): the search on the train split, the
+  refit saved as a classifier file, optionally with the candidates on a Dask
+  cluster.
 - :mod:`featx.linear.files`: classifiers are saved with :mod:`skops.io` and
   loaded back only after every type named in the file has been checked
   against :data:`TRUSTED_TYPES`, so opening a classifier file never runs code
@@ -53,6 +57,7 @@ from featx.linear.sgd import (
     search_sgd,
     train_sgd,
 )
+from featx.linear.store_training import train_store_sgd
 
 __all__ = [
     "CLASSIFIERS",
@@ -77,6 +82,7 @@ __all__ = [
     "DEFAULT_SGD_ALPHAS",
     "SGDSearchResult",
     "search_sgd",
+    "train_store_sgd",
     "predict_scores",
     "count_nonzero_weights",
     "save_classifier",
