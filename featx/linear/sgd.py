@@ -19,6 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from featx.linear._checks import _check_choice, _check_class_weight, _class_name
+from featx.sources import seeded_rank
 
 if TYPE_CHECKING:
     from featx.store import FeatureStore
@@ -300,9 +301,8 @@ class SGDSearchResult:
 
 def _holdout_rows(store: FeatureStore, split: str, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split the labelled rows of `split` into (fit, holdout), stratified per class, by a seeded hash of each
-    row's path: the same rows whatever the store's row order, and never the validation or test split."""
-    import hashlib
-
+    row's path (:func:`featx.sources.seeded_rank`, as for the store's own splits): the same rows whatever the
+    store's row order, and never the validation or test split."""
     labels = store.y
     index = store.split_index(split)
     index = index[labels[index] >= 0]
@@ -310,8 +310,7 @@ def _holdout_rows(store: FeatureStore, split: str, fraction: float, seed: int) -
     holdout: list[int] = []
     for c in np.unique(labels[index]):
         rows = index[labels[index] == c]
-        ranked = sorted(rows.tolist(), key=lambda r: hashlib.sha256(f"{seed}:{paths[r]}".encode(
-            "utf-8", "surrogateescape")).hexdigest())
+        ranked = sorted(rows.tolist(), key=lambda r: seeded_rank(paths[r], seed))
         k = int(round(len(rows) * fraction))
         k = min(max(k, 1 if len(rows) >= 2 else 0), len(rows) - 1)  # every class on both sides when it can be
         holdout += ranked[:k]
