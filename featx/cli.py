@@ -79,7 +79,7 @@ def cmd_merge(args) -> int:
 
 
 def cmd_train_sgd(args) -> int:
-    from featx.distributed import train_store_sgd
+    from featx.linear.store_training import train_store_sgd
     from featx.metrics import format_table
 
     report = train_store_sgd(

@@ -1,5 +1,6 @@
-"""Scale-out: extraction on a Dask cluster or by shard index, shards joined into one store, and the SGD
-regularisation search spread over a cluster.
+"""Scale-out: extraction on a Dask cluster or by shard index, shards joined into one store, and the cluster
+connection (:func:`connect`) that the out-of-core SGD search also runs on
+(:func:`featx.linear.store_training.train_store_sgd`, still importable from here).
 
 Distributed extraction (:func:`extract_distributed`, ``featx extract --cluster local[:N] | tcp://HOST:PORT``):
 
@@ -65,8 +66,6 @@ from featx.store import (FEATURE_DTYPES, FeatureStore, MergeReport, StoreError, 
 
 if TYPE_CHECKING:
     from distributed import Client, LocalCluster
-
-    from featx.classify import TrainReport
 
 log = logging.getLogger("featx")
 
@@ -714,60 +713,12 @@ def _finish_summary(summary: ExtractSummary, store: Path, image_set: ImageSet) -
         summary.describe_store(fs, {item.relpath for item in image_set.items})
 
 
-# -- training at scale ------------------------------------------------------------------------------------------
-def train_store_sgd(
-    store: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    classifier: str = "svm",
-    penalty: str = "l2",
-    alphas: Sequence[float] | None = None,
-    l1_ratio: float = 0.15,
-    epochs: int = 5,
-    chunk_size: int = 4096,
-    holdout_fraction: float = 0.2,
-    class_weight: str | None = None,
-    random_state: int = 0,
-    cluster: "str | ClusterSpec | Client | None" = None,
-    n_jobs: int | None = None,
-) -> "TrainReport":
-    """Out-of-core linear classifier for a store of any size: averaged SGD chunk by chunk
-    (:func:`featx.linear.train_sgd`), its ``alpha`` (and loss/penalty with ``all``) chosen on a held-out
-    part of the train split (:func:`featx.linear.search_sgd`), then refitted on the whole train split and
-    saved bound to the store's fingerprint.
+def __getattr__(name: str) -> Any:
+    # train_store_sgd moved to featx.linear.store_training (it trains a classifier; this module only lends it
+    # the cluster). Re-exported lazily so `from featx.distributed import train_store_sgd` keeps working without
+    # `import featx.distributed` importing scikit-learn and skops.
+    if name == "train_store_sgd":
+        from featx.linear.store_training import train_store_sgd
 
-    `classifier` is ``svm`` (hinge loss), ``logreg`` (log loss) or ``all``; `penalty` ``l1``, ``l2``,
-    ``elasticnet`` or ``all``. With `cluster` the candidates run on Dask workers through joblib's dask
-    backend (the workers must read `store` at the same path); otherwise `n_jobs` local processes.
-    """
-    from featx import linear
-    from featx.classify import TrainReport
-    from featx.runtime import versions
-
-    started = time.perf_counter()
-    losses = {"svm": ["hinge"], "logreg": ["log_loss"], "all": ["hinge", "log_loss"]}.get(classifier)
-    if losses is None:
-        raise ValueError(f"classifier must be svm, logreg or all, got {classifier!r}")
-    penalties = list(linear.SGD_PENALTIES) if penalty == "all" else [penalty]
-    kwargs = dict(losses=losses, penalties=penalties, alphas=alphas, l1_ratio=l1_ratio, epochs=epochs,
-                  chunk_size=chunk_size, holdout_fraction=holdout_fraction, class_weight=class_weight,
-                  random_state=random_state)
-    if cluster is None:
-        result = linear.search_sgd(store, n_jobs=n_jobs, **kwargs)
-    else:
-        import joblib
-
-        with connect(cluster) as client, joblib.parallel_config(backend="dask", client=client):
-            result = linear.search_sgd(store, n_jobs=-1 if n_jobs is None else n_jobs, **kwargs)
-    with FeatureStore(store) as fs:
-        info = {
-            "name": result.name, "candidates": result.candidates, "scoring": "accuracy",
-            "selection": f"held-out {holdout_fraction:g} of the train split", "class_weight": class_weight,
-            "n_train": result.n_train, "store": str(Path(store).resolve()), "fingerprint_id": fs.fingerprint_id,
-            "random_weights": fs.random_weights, "versions": versions(), "cluster": None if cluster is None
-            else str(cluster), "trained": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        linear.save_classifier(out, result.estimator, fingerprint=fs.fingerprint, label_names=fs.label_names,
-                               info=info)
-        return TrainReport(str(out), result.name, result.candidates, result.n_train, fs.label_names,
-                           fs.random_weights, time.perf_counter() - started)
+        return train_store_sgd
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

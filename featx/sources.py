@@ -343,8 +343,15 @@ def load_source(
     return from_paths(list(data))
 
 
-def _rank(seed: int, relpath: str) -> str:
-    return hashlib.sha256(f"{seed}:{relpath}".encode("utf-8", "surrogateescape")).hexdigest()
+def seeded_rank(key: str, seed: int) -> str:
+    """Sort key for a seeded, reproducible order of items: the sha256 (hex) of ``f"{seed}:{key}"``.
+
+    An item's rank depends only on its own key (a relative path) and the seed, never on the other items or
+    their order, so adding files does not reorder the rest. Sorting by it gives the stratified splits of
+    :func:`assign_splits` and the SGD search's held-out rows (``featx.linear.sgd._holdout_rows``); changing
+    it would move the images of existing stores between splits.
+    """
+    return hashlib.sha256(f"{seed}:{key}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def assign_splits(
@@ -366,7 +373,7 @@ def assign_splits(
         by_class[item.label].append(i)
     splits: list[str] = ["train"] * len(image_set.items)
     for indices in by_class.values():
-        ordered = sorted(indices, key=lambda i: _rank(seed, image_set.items[i].relpath))
+        ordered = sorted(indices, key=lambda i: seeded_rank(image_set.items[i].relpath, seed))
         n_val = int(round(len(ordered) * validation_fraction))
         n_test = int(round(len(ordered) * test_fraction))
         for i in ordered[:n_val]:

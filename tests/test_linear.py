@@ -24,6 +24,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 import featx.linear as linear
+import featx.linear.cv as linear_cv
+import featx.linear.files as linear_files
 from featx.linear import (
     CLASSIFIERS,
     PENALTIES,
@@ -148,13 +150,14 @@ def test_ties_prefer_simpler_candidate(monkeypatch, digits):
     # With equal CV scores, L2 beats L1 and logreg beats svm.
     X_train, _, y_train, _ = digits
 
-    class _ConstantSearch(linear.GridSearchCV):
+    class _ConstantSearch(linear_cv.GridSearchCV):
         def fit(self, X, y=None, **params):
             super().fit(X, y, **params)
             self.cv_results_["mean_test_score"] = np.full_like(self.cv_results_["mean_test_score"], 0.5)
             return self
 
-    monkeypatch.setattr(linear, "GridSearchCV", _ConstantSearch)
+    # train() runs in featx.linear.cv: patch the name it looks up there
+    monkeypatch.setattr(linear_cv, "GridSearchCV", _ConstantSearch)
     result = train(X_train[:200], y_train[:200], cv=2, Cs=(0.1,))
     assert [c.name for c in result.candidates] == ["logreg-l2", "svm-l2", "logreg-l1", "svm-l1"]
     assert result.name == "logreg-l2"
@@ -179,14 +182,14 @@ def test_cv_only_sees_training_rows(monkeypatch, digits):
     X_train, X_test, y_train, _ = digits
     seen: list[tuple[np.ndarray, np.ndarray]] = []
 
-    class RecordingKFold(linear.StratifiedKFold):
+    class RecordingKFold(linear_cv.StratifiedKFold):
         def split(self, X, y=None, groups=None):
             assert len(X) == len(X_train)
             for tr, te in super().split(X, y, groups):
                 seen.append((tr, te))
                 yield tr, te
 
-    monkeypatch.setattr(linear, "StratifiedKFold", RecordingKFold)
+    monkeypatch.setattr(linear_cv, "StratifiedKFold", RecordingKFold)
     result = train(X_train, y_train, classifier="all", penalty="l2", cv=3, Cs=FAST_CS)
 
     # Every fit and score used only indices into the training rows: the
@@ -508,8 +511,8 @@ def test_schema_naming_dangerous_callable_is_refused(tmp_path, monkeypatch, canc
     def must_not_load(*args, **kwargs):
         raise AssertionError("skops.io.load reached with an untrusted file")
 
-    monkeypatch.setattr(linear.sio, "load", must_not_load)
-    monkeypatch.setattr(linear.sio, "loads", must_not_load)
+    monkeypatch.setattr(linear_files.sio, "load", must_not_load)
+    monkeypatch.setattr(linear_files.sio, "loads", must_not_load)
     with pytest.raises(UnsafeModelError) as info:
         load_classifier(evil)
     assert expected in info.value.untrusted

@@ -9,7 +9,8 @@ from collections import Counter
 import pytest
 
 from conftest import make_photo_set
-from featx.sources import SourceError, assign_splits, from_csv, from_directory, from_paths, load_source
+from featx.sources import (SourceError, assign_splits, from_csv, from_directory, from_paths, load_source,
+                           seeded_rank)
 
 
 def test_class_folders(tmp_path):
@@ -208,6 +209,17 @@ def test_seeded_stratified_split_is_stable_when_files_are_added(tmp_path):
     assert a.split_method == {"method": "stratified-hash", "validation_fraction": 0.3, "test_fraction": 0.0, "seed": 1}
     with pytest.raises(SourceError):
         assign_splits(from_directory(root), validation_fraction=0.7, test_fraction=0.4)
+
+
+@pytest.mark.parametrize("key, seed, expected", [
+    ("cats/001.jpg", 0, "08766b9d1c7013b96d591d1c744dffdb104255d4def13209f5f13be510944af0"),
+    ("dogs/ü 2.png", 42, "fbd519e4844e96cc14fa7b043a475e71858128bd7e4a99abd85352e2293505b6"),
+    ("x/" + os.fsdecode(b"\xff.jpg"), 7, "70b431e0ab87bbbff3ee1210ecda66f3130a232ab303d5c6e795d36f701bfe01"),
+])
+def test_seeded_rank_is_pinned(key, seed, expected):
+    """The rank behind every stored split and SGD holdout: if it changed, existing stores' images would move
+    between train, validation and test (values computed by the rank featx used before it was shared)."""
+    assert seeded_rank(key, seed) == expected
 
 
 def test_path_list(tmp_path):
