@@ -1,8 +1,8 @@
 """Writing a report: strict JSON, the images under ``assets/``, then ``report.md`` and ``report.html``.
 
-:func:`write_report` is the entry point. Every file is written to a temporary name and renamed,
-so a reader never sees half a report; images a previous report listed and this one no longer
-uses are removed (only those: nothing else in the folder is touched).
+:func:`write_report` is the entry point. The three text files are written to a temporary name and
+renamed, so a reader never sees half a report; images a previous report listed and this one no
+longer uses are removed (only those: nothing else in the folder is touched).
 """
 
 from __future__ import annotations
