@@ -24,7 +24,7 @@ from skops.io.exceptions import UntrustedTypesFoundException
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from featx.errors import InputNotFound
+from featx.errors import FingerprintMismatch, InputNotFound
 
 __all__ = [
     "FILE_FORMAT",
@@ -49,14 +49,6 @@ class UnsafeModelError(ModelFileError):
     def __init__(self, message: str, untrusted: list[str] | tuple[str, ...] = ()):
         super().__init__(message)
         self.untrusted = list(untrusted)
-
-
-class FingerprintMismatch(ValueError):
-    """Features come from another backbone than the classifier was trained on."""
-
-    def __init__(self, message: str, differences: dict[str, tuple[Any, Any]] | None = None):
-        super().__init__(message)
-        self.differences = dict(differences or {})
 
 
 FILE_FORMAT = "featx-classifier"
