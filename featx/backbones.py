@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -648,3 +649,33 @@ def describe_backbones(*, weights_mirror: str | None = None, offline: bool | Non
             }
         )
     return rows
+
+
+# -- one built model per configuration and process ----------------------------------------------------------------
+_SHARED: dict[tuple, Backbone] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet",
+                    image_size: Any = None, pooling: str = "avg", layer: str | None = None,
+                    precision: str = "float32", weights_mirror: str | None = None,
+                    offline: bool | None = None) -> Backbone:
+    """The backbone of this configuration, built once per process and reused by every later caller
+    (``FeatureExtractor`` instances, the tasks of a Dask worker). Building holds a lock, so several
+    threads asking at once build it once.
+
+    The key is what determines the model: the canonical backbone name, the weights, the image size
+    (by its text, so a list from a task's JSON config is usable; ``224`` and ``(224, 224)`` are built
+    separately, never wrongly shared), pooling, layer and precision. ``weights_mirror`` and
+    ``offline`` are not in it: they say only how a missing weights file is fetched, and the file is
+    verified the same way (Keras' published hash, or loading it) whichever way it came, so the built model is
+    the same; the first caller's settings are used for that fetch."""
+    weights = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
+    key = (get_spec(name).name, weights, None if image_size is None else str(image_size), pooling, layer, precision)
+    with _SHARED_LOCK:
+        bb = _SHARED.get(key)
+        if bb is None:
+            bb = _SHARED[key] = Backbone.build(name, weights=weights, image_size=image_size, pooling=pooling,
+                                               layer=layer, weights_mirror=weights_mirror, offline=offline,
+                                               precision=precision)
+    return bb

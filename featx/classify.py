@@ -3,6 +3,10 @@
 The glue between the store, the linear models, the metrics and the backbone registry; it holds
 no modelling or I/O logic of its own. Every step checks the backbone fingerprint, so a classifier
 is never applied to features of another backbone configuration.
+
+:func:`trained_model` is the one entry point for a trained model file, whichever kind it is: a
+``.skops`` linear classifier (this module) or a ``.keras`` fine-tuned model (featx.finetune, whose
+Keras import happens only for such a file); both answer ``evaluate`` and ``predict_images``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -188,3 +192,66 @@ def predict_images(
         "predictions": predictions,
         "skipped": [{k: s[k] for k in ("path", "kind", "reason")} for s in feats.skipped],
     }
+
+
+# -- one entry point for any trained model file -----------------------------------------------------------------
+class TrainedModel(Protocol):
+    """A trained model file: a ``.skops`` classifier or a ``.keras`` fine-tuned model. The file is
+    read by each call, so errors (missing, unsafe, another backbone) surface there, as before."""
+
+    path: str
+
+    def evaluate(self, data: str | os.PathLike, *, split: str = "validation", batch_size: int = 32,
+                 workers: int | None = None) -> dict: ...
+
+    def predict_images(self, inputs: Sequence[str | os.PathLike], *, weights: str | os.PathLike | None = None,
+                       batch_size: int = 32, workers: int | None = None) -> dict: ...
+
+
+@dataclass(frozen=True)
+class _SavedClassifierFile:
+    """A ``.skops`` classifier: evaluated on a store's recorded features (``batch_size`` and
+    ``workers`` do not apply); predicts by extracting with its recorded backbone and ``weights``."""
+
+    path: str
+
+    def evaluate(self, data: str | os.PathLike, *, split: str = "validation", batch_size: int = 32,
+                 workers: int | None = None) -> dict:
+        return evaluate_store(self.path, data, split=split)
+
+    def predict_images(self, inputs: Sequence[str | os.PathLike], *, weights: str | os.PathLike | None = None,
+                       batch_size: int = 32, workers: int | None = None) -> dict:
+        return predict_images(self.path, inputs, weights=weights, batch_size=batch_size, workers=workers)
+
+
+@dataclass(frozen=True)
+class _FinetunedModelFile:
+    """A ``.keras`` model from ``featx finetune``: it holds its own weights, so ``weights`` does not apply."""
+
+    path: str
+    allow_unsafe: bool = False
+
+    def evaluate(self, data: str | os.PathLike, *, split: str = "validation", batch_size: int = 32,
+                 workers: int | None = None) -> dict:
+        from featx.finetune import evaluate
+
+        return evaluate(self.path, data, split=split, batch_size=batch_size, workers=workers,
+                        allow_unsafe=self.allow_unsafe)
+
+    def predict_images(self, inputs: Sequence[str | os.PathLike], *, weights: str | os.PathLike | None = None,
+                       batch_size: int = 32, workers: int | None = None) -> dict:
+        from featx.finetune import predict_images as predict_finetuned
+
+        return predict_finetuned(self.path, inputs, batch_size=batch_size, workers=workers,
+                                 allow_unsafe=self.allow_unsafe)
+
+
+def trained_model(path: str | os.PathLike, *, allow_unsafe: bool = False) -> TrainedModel:
+    """The trained model in ``path``: a fine-tuned ``.keras`` model (``allow_unsafe`` lets it hold a
+    Lambda layer) or else a ``.skops`` classifier. Nothing is loaded here; Keras is imported only
+    for a ``.keras`` file."""
+    from featx.finetune import is_keras_file
+
+    if is_keras_file(path):
+        return _FinetunedModelFile(str(path), allow_unsafe)
+    return _SavedClassifierFile(str(path))

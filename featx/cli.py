@@ -139,17 +139,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from featx.classify import evaluate_store
-    from featx.finetune import evaluate as evaluate_finetuned, is_keras_file
+    from featx.classify import trained_model
     from featx.metrics import format_report, save_confusion_png
 
-    if is_keras_file(args.model):
-        result = evaluate_finetuned(args.model, args.store, split=args.split, batch_size=args.batch_size,
-                                    workers=args.workers, allow_unsafe=args.allow_unsafe_model)
-        for s in result["skipped"]:
-            print(f"skipped ({s['kind']}): {s['path']}: {s['reason']}", file=sys.stderr)
-    else:
-        result = evaluate_store(args.model, args.store, split=args.split)
+    model = trained_model(args.model, allow_unsafe=args.allow_unsafe_model)
+    result = model.evaluate(args.store, split=args.split, batch_size=args.batch_size, workers=args.workers)
+    for s in result.get("skipped", ()):  # images a fine-tuned model could not read (a store has none to report)
+        print(f"skipped ({s['kind']}): {s['path']}: {s['reason']}", file=sys.stderr)
     png = args.confusion_png or str(Path(args.model).with_suffix("")) + f".{args.split}.confusion.png"
     save_confusion_png(result, png, title=f"{result['model_name']} on {args.split}")
     result["confusion_png"] = png
@@ -165,15 +161,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from featx.classify import predict_images
-    from featx.finetune import is_keras_file, predict_images as predict_finetuned
+    from featx.classify import trained_model
 
-    if is_keras_file(args.model):
-        out = predict_finetuned(args.model, args.images, batch_size=args.batch_size, workers=args.workers,
-                                allow_unsafe=args.allow_unsafe_model)
-    else:
-        out = predict_images(args.model, args.images, weights=args.weights, batch_size=args.batch_size,
-                             workers=args.workers)
+    model = trained_model(args.model, allow_unsafe=args.allow_unsafe_model)
+    out = model.predict_images(args.images, weights=args.weights, batch_size=args.batch_size, workers=args.workers)
     if args.json:
         _print_json(out)
         return EXIT_OK

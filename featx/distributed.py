@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from featx import pipeline
-from featx.backbones import DEFAULT_BACKBONE, Backbone, fingerprint_id, get_spec
+from featx.backbones import DEFAULT_BACKBONE, Backbone, fingerprint_id, get_spec, shared_backbone
 from featx.decode import DEFAULT_MAX_PIXELS
 from featx.download import offline_mode, weights_mirror as _weights_mirror
 from featx.extract import (ExtractionInterrupted, ExtractSummary, _file_state, _progress_bar,
@@ -399,10 +399,6 @@ def connect(cluster: "str | ClusterSpec | Client", *, wait_seconds: float = 60) 
 
 
 # -- on the workers ---------------------------------------------------------------------------------------------
-_BACKBONES: dict[tuple, Backbone] = {}
-_BACKBONES_LOCK = threading.Lock()
-
-
 def worker_backbone(name: str, weights: str | None, image_size: Any, pooling: str, layer: str | None,
                     weights_mirror: str | None = None, offline: bool | None = None,
                     precision: str = "float32") -> Backbone:
@@ -410,15 +406,10 @@ def worker_backbone(name: str, weights: str | None, image_size: Any, pooling: st
 
     `weights_mirror` / `offline` are the client's (a remote worker does not share its environment); a
     worker missing the ImageNet file downloads it into its own Keras cache, one process at a time
-    per cache (featx.download locks the file)."""
-    key = (name, weights, None if image_size is None else str(image_size), pooling, layer, precision)
-    with _BACKBONES_LOCK:  # a worker with several threads builds it once, not once per thread
-        bb = _BACKBONES.get(key)
-        if bb is None:
-            bb = _BACKBONES[key] = Backbone.build(name, weights=weights, image_size=image_size, pooling=pooling,
-                                                  layer=layer, weights_mirror=weights_mirror, offline=offline,
-                                                  precision=precision)
-    return bb
+    per cache (featx.download locks the file). The cache is featx.backbones.shared_backbone's, the same
+    one FeatureExtractor uses; a worker with several threads builds each model once, not once per thread."""
+    return shared_backbone(name, weights=weights, image_size=image_size, pooling=pooling, layer=layer,
+                           precision=precision, weights_mirror=weights_mirror, offline=offline)
 
 
 def _where() -> dict:

@@ -11,7 +11,8 @@ leaves the bad file in the cache, it prints its progress bar on stdout (featx's 
 summary or JSON), and it falls back to ``/tmp/.keras`` when the cache is not writable. The
 downloader here:
 
-* streams to a temporary name in the cache folder and renames it into place (``os.replace``)
+* streams to a temporary name in the cache folder and renames it into place
+  (:func:`featx.fileio.replace_atomically`: ``os.replace``, then an fsync of the folder)
   only after every check passed; a temporary left by a killed process is removed by the next
   download of that file, so the cache never holds a half-written file under the real name;
 * refuses an HTML page (a proxy's login page), a short or truncated body, a file that is not
@@ -37,6 +38,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Callable
+
+from featx.fileio import replace_atomically
 
 log = logging.getLogger("featx")
 
@@ -203,16 +206,8 @@ def fetch(
                 except Exception as exc:
                     raise fail(f"the file does not load into the backbone ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-            os.replace(tmp, dest)
+            replace_atomically(tmp, dest)  # the part was fsynced by _stream; this also fsyncs the folder
             ok = True
-            try:  # make the rename durable
-                dir_fd = os.open(folder, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
-            except OSError:
-                pass
         finally:
             if not ok:
                 try:

@@ -628,20 +628,16 @@ def save_model(model, out: str | os.PathLike, metadata: dict) -> None:
     """Write the .keras file with featx's metadata inside, atomically (a crash leaves the old file or none)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.keras")
     import keras
 
-    try:
+    from featx.fileio import atomic_output
+
+    with atomic_output(out, suffix=".tmp.keras") as tmp:  # Keras insists on the .keras extension
         # An uncompiled view of the same layers: the file holds no optimizer state (smaller, and
         # loading with compile=True does not warn about optimizer variables).
         keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
         with zipfile.ZipFile(tmp, "a", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(METADATA_ENTRY, json.dumps(metadata, default=_json_default))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _json_default(obj: Any) -> Any:

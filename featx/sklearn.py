@@ -11,7 +11,6 @@ take turns on the store's writer lock and re-check what is missing once they hol
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,14 +18,13 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from featx.backbones import DEFAULT_BACKBONE, POOLINGS, Backbone, fingerprint_id, get_spec, resolve_weights
+from featx.backbones import (DEFAULT_BACKBONE, POOLINGS, Backbone, fingerprint_id, get_spec, resolve_weights,
+                             shared_backbone)
 from featx.oom import auto_batch_size, check_batch_size
 from featx.precision import check_precision
 from featx.store import FEATURE_DTYPES
 
 ON_ERROR = ("raise", "nan")
-_BACKBONES: dict[tuple, Backbone] = {}  # one built model per configuration and process
-_BACKBONES_LOCK = threading.Lock()
 
 
 class FeatureExtractionError(ValueError):
@@ -40,16 +38,6 @@ class FeatureExtractionError(ValueError):
             f"{len(skipped)} image(s) could not be used (pass on_error='nan' to get NaN rows instead):\n"
             + "\n".join(lines) + more
         )
-
-
-def _shared_backbone(key: tuple, weights_mirror: str | None = None, offline: bool | None = None) -> Backbone:
-    # the mirror and offline mode say how a missing file is fetched, not which weights: not in the key
-    with _BACKBONES_LOCK:
-        if key not in _BACKBONES:
-            name, weights, size, pooling, layer, precision = key
-            _BACKBONES[key] = Backbone.build(name, weights=weights, image_size=size, pooling=pooling, layer=layer,
-                                             weights_mirror=weights_mirror, offline=offline, precision=precision)
-        return _BACKBONES[key]
 
 
 def _as_paths(X: Any) -> tuple[list[str] | None, np.ndarray | None, list[str] | None]:
@@ -214,9 +202,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     def _get_backbone(self) -> Backbone:
         bb = self.__dict__.get("_backbone")
         if bb is None:
-            weights = os.fspath(self.weights) if isinstance(self.weights, os.PathLike) else self.weights
-            key = (get_spec(self.backbone).name, weights, self.image_size, self.pooling, self.layer, self.precision)
-            bb = self._backbone = _shared_backbone(key, self.weights_mirror, self.offline)
+            # one model per configuration and process, shared with every other extractor (featx.backbones)
+            bb = self._backbone = shared_backbone(
+                self.backbone, weights=self.weights, image_size=self.image_size, pooling=self.pooling,
+                layer=self.layer, precision=self.precision, weights_mirror=self.weights_mirror, offline=self.offline)
         return bb
 
     def _batch_size(self, bb: Backbone) -> int:

@@ -603,6 +603,21 @@ def test_check_fingerprint_accepts_equal_values():
     check_fingerprint(FINGERPRINT, {**FINGERPRINT, "image_size": [224, 224]}, what="store")
 
 
+def test_fingerprint_mismatch_is_one_class_wherever_it_is_imported_from():
+    import featx.errors
+    import featx.linear.files
+    import featx.store
+    import featx.store.errors
+
+    assert (FingerprintMismatch is featx.errors.FingerprintMismatch is featx.store.FingerprintMismatch
+            is featx.store.errors.FingerprintMismatch is featx.linear.files.FingerprintMismatch)
+    assert featx.store.StoreError is featx.errors.StoreError
+    # the classifier side's mismatch is caught as a store error too, and the store side's as a ValueError
+    with pytest.raises(featx.store.StoreError):
+        check_fingerprint(FINGERPRINT, {**FINGERPRINT, "pooling": "max"}, what="store")
+    assert issubclass(featx.store.FingerprintMismatch, ValueError)
+
+
 def test_check_fingerprint_lists_differing_keys():
     other = {**FINGERPRINT, "weights_sha256": "abc123", "pooling": "avg"}
     with pytest.raises(FingerprintMismatch) as info:

@@ -243,3 +243,13 @@ def test_file_names_that_are_not_utf8_work_with_and_without_cache(photos, tmp_pa
         out = est.fit().transform(X)
         np.testing.assert_allclose(out[0], ref, rtol=1e-5, atol=1e-6)
         assert np.isnan(out[1]).all() and [s["kind"] for s in est.skipped_] == ["empty"]
+
+
+def test_extractors_and_dask_workers_share_one_backbone_per_configuration():
+    from featx.distributed import worker_backbone
+
+    bb = fx()._get_backbone()
+    assert FeatureExtractor(backbone="MobileNet_0.25", image_size=TEST_SIZE)._get_backbone() is bb  # canonical name
+    # how missing weights would be fetched (mirror, offline) does not pick another model
+    assert worker_backbone("mobilenet_0.25", "imagenet", TEST_SIZE, "avg", None, offline=True) is bb
+    assert fx(pooling="max")._get_backbone() is not bb

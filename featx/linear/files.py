@@ -12,7 +12,6 @@ import dataclasses
 import io
 import json
 import os
-import secrets
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,8 @@ from skops.io.exceptions import UntrustedTypesFoundException
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from featx.errors import InputNotFound
+from featx.errors import FingerprintMismatch, InputNotFound
+from featx.fileio import write_bytes_atomically
 
 __all__ = [
     "FILE_FORMAT",
@@ -49,14 +49,6 @@ class UnsafeModelError(ModelFileError):
     def __init__(self, message: str, untrusted: list[str] | tuple[str, ...] = ()):
         super().__init__(message)
         self.untrusted = list(untrusted)
-
-
-class FingerprintMismatch(ValueError):
-    """Features come from another backbone than the classifier was trained on."""
-
-    def __init__(self, message: str, differences: dict[str, tuple[Any, Any]] | None = None):
-        super().__init__(message)
-        self.differences = dict(differences or {})
 
 
 FILE_FORMAT = "featx-classifier"
@@ -256,19 +248,7 @@ def save_classifier(
         ) from None
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # O_EXCL on a fresh random name: never follow or clobber someone's file;
-    # mode 0o666 lets the umask decide permissions like a normal open().
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_bytes_atomically(path, data)  # O_EXCL temporary, fsync, rename, folder fsync
 
 
 def load_classifier(path: str | os.PathLike) -> SavedClassifier:

@@ -1,20 +1,18 @@
 """What can go wrong with a store, as exceptions (all :class:`StoreError`), how a full disk is told
-apart and reported, and how two backbone fingerprints differ (for :class:`FingerprintMismatch` messages)."""
+apart and reported, and how two backbone fingerprints differ (for :class:`FingerprintMismatch` messages).
+
+:class:`StoreError` and :class:`FingerprintMismatch` are defined in :mod:`featx.errors` (the
+mismatch is shared with the classifier side) and re-exported here."""
 
 from __future__ import annotations
 
 import errno
 from pathlib import Path
 
-from featx.errors import InputNotFound
+from featx.errors import FingerprintMismatch, InputNotFound, StoreError
 
-
-class StoreError(Exception):
-    """A store cannot be used as asked (missing, not a featx store, damaged)."""
-
-
-class FingerprintMismatch(StoreError):
-    """The store was made with another backbone configuration than the one at hand."""
+__all__ = ["StoreError", "FingerprintMismatch", "StoreNotFound", "StoreLocked", "StoreFull",
+           "describe_fingerprint_difference"]
 
 
 class StoreNotFound(StoreError, InputNotFound):

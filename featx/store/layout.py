@@ -9,7 +9,6 @@ name, which the writer then renames over ``STORE.h5``.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
+from featx.fileio import fsync_path
 from featx.store.checksums import (_CHECKSUM_KINDS, CHECKSUM_ROWS, _digest_attrs, _digest_column, _digest_total,
                                    _FeatureHasher)
 from featx.store.errors import StoreError, StoreNotFound
@@ -134,14 +134,6 @@ class StoreIndex:
         """Whether row `i` of `rows` is already here exactly (path, content, size, mtime, label, split)."""
         j = self.by_path.get(str(rows.path[i]))
         return j is not None and all(getattr(self.rows, f)[j] == getattr(rows, f)[i] for f in Rows.FIELDS)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_str(ds) -> np.ndarray:
@@ -333,7 +325,7 @@ def _write_store_file(
         c.attrs["columns"] = json.dumps(columns, sort_keys=True)
         c.attrs["attrs"] = attrs
         c.attrs["total"] = _digest_total(n, dim, dtype, CHECKSUM_ROWS, chunks, columns, attrs)
-    _fsync_path(target)
+    fsync_path(target)
 
 
 def _column_source(name: str, rows_meta: Rows, labels: np.ndarray, skips: Skips):

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.fileio import replace_atomically
 from featx.store.errors import (FingerprintMismatch, StoreError, StoreLocked, _disk_full_error, _is_disk_full,
                                 describe_fingerprint_difference)
 from featx.store.journal import _list_parts, journal_dir, load_journal
-from featx.store.layout import (FEATURE_DTYPES, Rows, Skips, StoreIndex, _fsync_path, _last_per_key, _open_main,
+from featx.store.layout import (FEATURE_DTYPES, Rows, Skips, StoreIndex, _last_per_key, _open_main,
                                 _read_main_rows_meta, _read_meta, _read_skips, _take_rows, _write_store_file)
 
 log = logging.getLogger("featx")
@@ -42,18 +43,6 @@ def crash_point(name: str) -> None:
 
 def lock_path(path: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(path)}.lock")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        _fsync_path(path)
-    except OSError:  # some file systems do not support fsync on directories
-        pass
-
-
-def _replace_atomically(tmp: Path, target: Path) -> None:
-    os.replace(tmp, target)
-    _fsync_dir(target.parent)
 
 
 class StoreWriter:
@@ -200,7 +189,7 @@ class StoreWriter:
             if _is_disk_full(exc):
                 raise _disk_full_error(self.path, "creating the empty store") from None
             raise
-        _replace_atomically(tmp, self.path)
+        replace_atomically(tmp, self.path)
 
     # -- what is already there -----------------------------------------------------------
     def index(self) -> "StoreIndex":
@@ -251,8 +240,7 @@ class StoreWriter:
                 raise _disk_full_error(self.path, f"writing journal part {self._seq}") from None
             raise
         crash_point("part-written")
-        os.replace(tmp, jdir / name)
-        _fsync_dir(jdir)  # the rename itself survives a power cut, not only a kill
+        replace_atomically(tmp, jdir / name)  # fsyncs jdir: the rename survives a power cut, not only a kill
         crash_point("part-committed")
         self.rows_written += len(rows)
 
@@ -329,7 +317,7 @@ class StoreWriter:
                     ) from None
                 raise
         crash_point("consolidate-written")
-        _replace_atomically(tmp, self.path)
+        replace_atomically(tmp, self.path)
         crash_point("consolidate-replaced")
         for part in parts:  # only after the new file is in place: a crash here just replays them
             part.unlink(missing_ok=True)
