@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from featx.fileio import write_bytes_atomically
+
 from featx.report.figures import _save_embedding, _save_learning_curves, _save_thumbnail
 from featx.report.format import _slug
 from featx.report.html import _render_html
@@ -73,10 +75,8 @@ class _Assets:
 
 
 def _write_text(path: Path, text: str) -> None:
-    # Temporary file + rename: a reader never sees half a report.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    # Temporary file + rename (featx.fileio): a reader never sees half a report.
+    write_bytes_atomically(path, text.encode("utf-8"))
 
 
 def _build_assets(report: dict, assets: _Assets) -> dict:
