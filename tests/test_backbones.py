@@ -33,6 +33,7 @@ def test_registry_covers_the_required_backbones():
         get_spec("resnet9000")
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("name", ["vgg16", "densenet121", "mobilenetv3small", "efficientnetb0"])
 def test_feature_width_and_preprocessing_modes_build(name):
     # one backbone per normalisation mode (caffe, torch, in-model for V3 and EfficientNet)
@@ -176,6 +177,7 @@ with FeatureStore(sys.argv[2]) as fs:
 """ % TEST_SIZE
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("keras_backend", ["jax", "torch"])
 def test_extraction_under_other_backends_matches_tensorflow(photo_set, tmp_path, backbone, keras_backend):
     """Real photos, real weights: the same features under JAX and torch as under TensorFlow."""

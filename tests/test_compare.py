@@ -11,6 +11,8 @@ import pytest
 from browser import render_in_chromium
 from conftest import TEST_SIZE, make_photo_set, run_cli
 
+pytestmark = pytest.mark.large  # the slow tier: run by the full suite, left out by -m "not large"
+
 CLASSES = ("cat", "flower")
 PROBES = {"logreg-l2", "logreg-l1", "svm-l2", "svm-l1"}
 

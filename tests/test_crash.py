@@ -31,6 +31,8 @@ from featx.extract import extract
 from storecheck import (assert_complete, assert_lock_free, assert_sane, cli_args, features_by_path, leftovers,
                         parts, relpaths, rerun, start_cli)
 
+pytestmark = pytest.mark.large  # the slow tier: run by the full suite, left out by -m "not large"
+
 BATCH = 4
 CLASSES = ("cat", "coffee", "rocket")
 TOTAL = 24  # 8 per class: 6 batches of 4

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import run_cli
+
+pytestmark = pytest.mark.large  # the slow tier: run by the full suite, left out by -m "not large"
 
 
 def test_demo_runs_offline_end_to_end(tmp_path):

@@ -31,6 +31,8 @@ from featx.distributed import (extract_distributed, extract_shard, list_shards, 
 from featx.extract import extract
 from featx.store import FeatureStore, FingerprintMismatch, Rows, StoreError, StoreLocked, StoreWriter, lock_path
 
+pytestmark = pytest.mark.large  # the slow tier: run by the full suite, left out by -m "not large"
+
 BATCH = 2  # small batches: many journal parts per shard, so a kill lands mid-shard
 CLASSES = ("cat", "coffee", "rocket", "flower")
 PER_CLASS = 20  # 80 photos + 1 broken file

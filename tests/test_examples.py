@@ -10,6 +10,8 @@ import pytest
 
 from conftest import REPO, make_photo_set
 
+pytestmark = pytest.mark.large  # the slow tier: run by the full suite, left out by -m "not large"
+
 
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory):

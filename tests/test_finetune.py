@@ -18,6 +18,8 @@ from featx.decode import decode_file
 from featx.linear import UnsafeModelError, train
 from featx.sources import from_directory
 
+pytestmark = pytest.mark.large  # the slow tier: run by the full suite, left out by -m "not large"
+
 CLASSES = ("cat", "flower")
 
 

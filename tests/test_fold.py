@@ -28,6 +28,7 @@ def _randomize_batchnorm(model, seed: int = 0) -> int:
     return n
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("name,size", [
     ("mobilenetv2", 64), ("efficientnetb0", 64), ("resnet50", 64), ("inceptionv3", 75), ("xception", 71),
     ("mobilenetv3small", 64), ("densenet121", 64),

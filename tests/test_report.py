@@ -381,6 +381,7 @@ def test_unreadable_thumbnails_become_placeholders(tmp_path):
 # The browser
 
 
+@pytest.mark.large
 def test_html_renders_in_chromium(written, tmp_path):
     page = (written["out"] / "report.html").read_text(encoding="utf-8")
     facts = render_in_chromium(written["paths"]["html"], tmp_path)

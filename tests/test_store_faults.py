@@ -44,6 +44,7 @@ def photos(tmp_path_factory, backbone):
     return data, features_by_path(tmp / "clean.h5")
 
 
+@pytest.mark.large
 # -- concurrent writers and readers ------------------------------------------------------------------
 def test_second_writer_refused_and_readers_read_while_the_first_writes(tmp_path, photos):
     data, clean = photos

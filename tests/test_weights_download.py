@@ -353,6 +353,7 @@ def test_backbones_say_cached_vendored_or_download_with_its_size(env, server, v2
     assert server.connections == 0
 
 
+@pytest.mark.large
 # -- the command line, end to end ------------------------------------------------------------------
 def test_cli_extract_on_an_empty_cache_downloads_through_the_mirror(env, server, v2_bytes, tmp_path):
     server.routes[V2.weights_file] = ("file", v2_bytes)
