@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from featx.config import DEFAULT_BACKBONE  # noqa: F401  (its home is featx.config)
 from featx.runtime import load_backend
 
 log = logging.getLogger("featx")
@@ -38,7 +39,6 @@ PREPROCESSING_VERSION = 3
 #: How pixels reach the model size (recorded in the fingerprint).
 RESIZE_METHOD = "jpeg-dct-eighths+pillow-bilinear-squash"
 POOLINGS = ("avg", "max")
-DEFAULT_BACKBONE = "efficientnetb0"
 VENDORED_DIR = Path(__file__).parent / "weights"
 
 
