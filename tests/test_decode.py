@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import featx.decode as decode_mod
+import featx.decode.files as decode_files
+import featx.decode.image as decode_image
 from featx.decode import (
     ALPHA_BACKGROUND,
     DEFAULT_MAX_PIXELS,
@@ -305,7 +306,7 @@ def test_file_modes_via_tiff(mode, make, expected, tol):
     ],
 )
 def test_rare_modes_converter(img, expected):
-    rgb = decode_mod._to_rgb(img)
+    rgb = decode_image._to_rgb(img)
     assert rgb.mode == "RGB"
     px = np.asarray(rgb)[1, 1]
     if img.mode == "RGBa":
@@ -318,9 +319,9 @@ def test_rare_modes_converter(img, expected):
 
 def test_premultiplied_la_converter():
     img = Image.frombytes("La", (4, 4), np.full((4, 4, 2), (40, 0), np.uint8).tobytes())
-    assert np.all(np.asarray(decode_mod._to_rgb(img)) == 255)
+    assert np.all(np.asarray(decode_image._to_rgb(img)) == 255)
     img = Image.frombytes("La", (4, 4), np.full((4, 4, 2), (40, 255), np.uint8).tobytes())
-    assert np.all(np.asarray(decode_mod._to_rgb(img)) == 40)
+    assert np.all(np.asarray(decode_image._to_rgb(img)) == 40)
 
 
 @pytest.mark.parametrize(
@@ -560,7 +561,7 @@ def test_png_text_chunk_bomb(tmp_path):
 
 def test_too_small(monkeypatch):
     # No common format lets Pillow open a 0-pixel-wide image, so fake one coming out of open.
-    monkeypatch.setattr(decode_mod.Image, "open", lambda fp: Image.new("RGB", (0, 5)))
+    monkeypatch.setattr(decode_image.Image, "open", lambda fp: Image.new("RGB", (0, 5)))
     with pytest.raises(DecodeError) as err:
         open_rgb(b"anything")
     assert err.value.skip.kind == "too_small" and "0\u00d75" in err.value.skip.detail
@@ -650,7 +651,7 @@ def test_permission_denied_is_unreadable(tmp_path, monkeypatch):
                 raise PermissionError(13, "Permission denied", str(p))
             return real_open(path, *args, **kwargs)
 
-        monkeypatch.setattr(decode_mod.os, "open", refuse)
+        monkeypatch.setattr(decode_files.os, "open", refuse)
     try:
         d = decode_file(p, SIZE)
     finally:
