@@ -54,7 +54,7 @@ def decode_file(
         return skipped("missing", f"no such file ({e.strerror or e})")
     except IsADirectoryError:
         return skipped("unreadable", "it is a directory, not a file", mtime=_mtime_or_unknown(path))
-    except PermissionError as e:
+    except PermissionError:
         return skipped(
             "unreadable",
             "permission denied: the user running featx may not read this file",

@@ -87,7 +87,16 @@ def open_rgb(
         draft_wh = (dw, dh)  # Pillow's draft takes (width, height)
     if not data:
         raise DecodeError(Skip("empty", "the file is empty (0 bytes)"))
+    img = _open_header(data, max_pixels)
+    if draft_wh is not None and img.format in ("JPEG", "MPO") and img.mode in ("RGB", "L"):
+        rgb = _scaled_jpeg_rgb(data, img, draft_wh)
+        if rgb is not None:
+            return rgb
+    return _load_upright_rgb(img, data, draft_wh)
 
+
+def _open_header(data: bytes, max_pixels: int) -> Image.Image:
+    """Open ``data`` with Pillow, reading the header only; refuse sizes out of bounds."""
     # Decode from the bytes already read: the file is read once, and the hash and the pixels
     # are guaranteed to come from the same bytes.
     _init_pillow_once()
@@ -116,12 +125,12 @@ def open_rgb(
         raise DecodeError(
             Skip("too_small", f"{fmt} is {width}\u00d7{height} pixels; it has no pixels to use")
         )
+    return img
 
-    if draft_wh is not None and img.format in ("JPEG", "MPO") and img.mode in ("RGB", "L"):
-        rgb = _scaled_jpeg_rgb(data, img, draft_wh)
-        if rgb is not None:
-            return rgb
 
+def _load_upright_rgb(img: Image.Image, data: bytes, draft_wh: tuple[int, int] | None) -> Image.Image:
+    """Decode the opened ``img`` (first frame) to upright RGB; its failures become DecodeError."""
+    fmt = img.format or "image"
     try:
         img.seek(0)  # first frame of animated GIF/WebP/APNG and multi-page TIFF
         if draft_wh is not None and img.format in ("JPEG", "MPO"):
