@@ -89,6 +89,13 @@ def _check_number(value: Any, what: str) -> float:
     return float(value)
 
 
+def _check_alpha(alpha: Any) -> float:
+    alpha = _check_number(alpha, "alpha")
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+    return alpha
+
+
 def _check_sgd_options(l1_ratio: Any, chunk_size: Any, epochs: Any, random_state: Any,
                        class_weight: Any) -> tuple[float, int, int, int]:
     """The options every out-of-core SGD fit shares, checked once for train_sgd and search_sgd."""
@@ -168,9 +175,7 @@ def train_sgd(
 
     _check_choice(loss, SGD_LOSSES, "loss")
     _check_choice(penalty, SGD_PENALTIES, "penalty")
-    alpha = _check_number(alpha, "alpha")
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+    alpha = _check_alpha(alpha)
     l1_ratio, chunk_size, epochs, random_state = _check_sgd_options(l1_ratio, chunk_size, epochs, random_state,
                                                                      class_weight)
     options = dict(loss=loss, penalty=penalty, alpha=alpha, l1_ratio=l1_ratio, split=split,
