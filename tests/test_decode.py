@@ -33,6 +33,7 @@ from featx.decode import (
     Decoded,
     Skip,
     decode_array,
+    decode_deferred,
     decode_file,
     open_rgb,
     read_bytes,
@@ -730,6 +731,28 @@ def test_resize_rgb_is_pillow_bilinear():
     assert np.array_equal(same, np.asarray(img))
     with pytest.raises(ValueError):
         resize_rgb(img.convert("L"), (10, 10))
+
+
+def test_deferred_file_decodes_as_decode_file_would(tmp_path):
+    # The path featx.gpudecode takes: decode_file hands the bytes over undecoded, and what the batch
+    # decoder cannot decode comes back through decode_deferred, which must give decode_file's result.
+    good = tmp_path / "good.jpg"
+    badfiles.make_good_image(good)
+    page = tmp_path / "page.jpg"
+    page.write_bytes(b"<!DOCTYPE html><html><title>404 Not Found</title></html>")
+    for path in (good, page):
+        direct = decode_file(path, SIZE)
+        taken = decode_file(path, SIZE, defer=lambda data: True)
+        assert taken.pixels is None and taken.skip is None and taken.encoded == path.read_bytes()
+        assert (taken.sha256, taken.nbytes, taken.mtime_ns) == (direct.sha256, direct.nbytes, direct.mtime_ns)
+        late = decode_deferred(taken, SIZE)
+        assert late.encoded is None and late.skip == direct.skip and late.sha256 == direct.sha256
+        if path == good:
+            assert direct.skip is None and np.array_equal(late.pixels, direct.pixels)
+        else:
+            assert direct.skip.kind == "not_an_image" and late.pixels is None
+    with pytest.raises(ValueError, match="nothing deferred"):
+        decode_deferred(direct, SIZE)
 
 
 # ---------------------------------------------------------------------------------------------
