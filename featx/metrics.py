@@ -15,7 +15,8 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, r
 
 from featx import stats
 
-__all__ = ["evaluate", "format_interval", "format_report", "format_table", "most_confidently_wrong", "save_confusion_png"]
+__all__ = ["evaluate", "format_interval", "format_report", "format_table", "most_confidently_wrong",
+           "save_confusion_png"]
 
 BOOTSTRAP_RESAMPLES = 1000  # macro F1 interval: Monte Carlo error of its ends well under 0.01
 
