@@ -488,7 +488,8 @@ def test_html_renders_in_chromium(written, tmp_path):
     assert facts["table_classes"].count("per-class") == 3
     for ident in ("verdict", "models-table", "finetune", "embedding", "skipped", "notes"):
         assert ident in facts["ids"], ident
-    assert "Fine-tuning wins by 0.5 points" in facts["text"]
+    assert "No significant difference: fine-tuning 0.910 vs linear probe svm-l2 0.905 (+0.5 points, 95% CI [" \
+        in facts["text"]
     assert NASTY in facts["text"]  # escaped in the source, displayed as typed
     assert facts["css_rules"] and facts["css_rules"][0] > 20  # the inline stylesheet applies
     assert facts["screenshot_size"] == [1280, 2000]
