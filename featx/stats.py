@@ -42,7 +42,8 @@ __all__ = ["CONFIDENCE", "MIN_DECISIVE_N", "PairedDifference", "bootstrap_interv
 
 CONFIDENCE = 0.95
 # Below 100 held-out images one image moves accuracy by more than a point, and the 95% interval of
-# a paired difference between two ~90%-accurate models is some ±10 points wide: an evaluation that
+# a paired difference between two ~90%-accurate models is ±6 to ±9 points wide at n = 100 (±10 to
+# ±14 at n = 40; benchmarks/verdict_coverage.py): an evaluation that
 # small cannot tell the usual probe-vs-fine-tune gaps (a few points) from noise, so a difference
 # it does not find significant is reported as "too few images to decide" rather than as a tie.
 MIN_DECISIVE_N = 100
