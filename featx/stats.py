@@ -14,8 +14,8 @@ really better than the best probe?) and any later command that compares models o
   hybrid score interval (Newcombe 1998, method 10): Wilson intervals of both accuracies combined
   with the correlation of the paired outcomes. Its coverage is checked by simulation in
   ``benchmarks/verdict_coverage.py`` and in the tests.
-- :func:`too_small_to_decide`: the rule for "too few held-out images": fewer than
-  :data:`MIN_DECISIVE_N`.
+- :func:`too_small_to_decide`: the rule for "too few held-out images": a difference that is not
+  significant, on fewer than :data:`MIN_DECISIVE_N` images.
 
 >>> [round(v, 4) for v in wilson_interval(95, 100)]
 [0.8882, 0.9785]
@@ -93,7 +93,8 @@ def bootstrap_interval(
     """Percentile bootstrap interval of ``statistic(y_true, y_pred)``, seeded (same input, same interval).
 
     ``stratified``: resample within each true class, keeping the class counts (the evaluation's
-    design); else resample all pairs together.
+    design); else resample all pairs together. A score without a single error resamples to itself
+    (an interval of zero width): there, read the Wilson interval of the accuracy.
 
     >>> y = np.repeat([0, 1, 2], 30); p = y.copy(); p[::7] = (p[::7] + 1) % 3
     >>> [round(v, 3) for v in bootstrap_interval(y, p)]
