@@ -269,6 +269,7 @@ def cmd_compare(args) -> int:
     if args.json:
         _print_json({"files": result.files, "verdict": result.verdict})
         return EXIT_OK
+    print(result.verdict.get("headline", ""))  # the decision: significant, not, or too few images
     print(result.verdict.get("text", ""))
     for kind, path in result.files.items():
         print(f"report ({kind}) → {path}")

@@ -79,6 +79,8 @@ def test_evaluate_json_and_confusion_png(trained):
         assert key in r
     assert r["n"] == 45 and np.array(r["confusion_matrix"]).sum() == 45
     assert r["accuracy"] > 0.6  # 3 classes, 30 training photos each at 96 px (chance: 0.33)
+    assert r["accuracy_ci"]["low"] < r["accuracy"] <= r["accuracy_ci"]["high"]  # 95% intervals (featx.stats)
+    assert r["macro_f1_ci"]["method"].startswith("stratified bootstrap")
     assert Image.open(png).size[0] > 100
     text = run_cli("evaluate", str(trained["model"]), str(trained["store"]))
     assert text.returncode == 0 and "cat" in text.stdout and "accuracy" in text.stdout
