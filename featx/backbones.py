@@ -521,8 +521,9 @@ class Backbone:
             ).hexdigest()
         else:
             weights_sha = sha256_file(source.path)
-        fingerprint = _fingerprint(spec, source.kind, weights_sha, size, pooling if len(base.output.shape) == 4 else None,
-                                   layer, int(x.shape[-1]), stddev_fix, precision)
+        pooled = pooling if len(base.output.shape) == 4 else None
+        fingerprint = _fingerprint(spec, source.kind, weights_sha, size, pooled, layer, int(x.shape[-1]), stddev_fix,
+                                   precision)
         return cls(spec, model, fingerprint, source, pooling=pooling)
 
 

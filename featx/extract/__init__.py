@@ -19,9 +19,9 @@ from featx.backbones import DEFAULT_BACKBONE, Backbone
 from featx.config import BackboneConfig, SplitConfig
 from featx.decode import DEFAULT_MAX_PIXELS
 from featx.extract.features import InMemoryFeatures, extract_features
-from featx.extract.plan import (ExtractionPlan, _file_state, check_backbone_precision, plan_extraction,
+from featx.extract.plan import (ExtractionPlan, _file_state, check_backbone_precision, plan_extraction,  # noqa: F401
                                 with_decoder)
-from featx.extract.run import LoopStats, progress_bar as _progress_bar, run_plan
+from featx.extract.run import LoopStats, progress_bar as _progress_bar, run_plan  # noqa: F401
 from featx.extract.summary import (ExtractionInterrupted, ExtractSummary, describe_store, new_summary, summarise,
                                    weights_summary)
 from featx.gpudecode import DEFAULT_DECODER, BatchJpegDecoder

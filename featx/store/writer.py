@@ -106,7 +106,7 @@ class StoreWriter:
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = self._lock = acquire_lock(self.path, self._lock_timeout)
+        self._lock = acquire_lock(self.path, self._lock_timeout)
         try:
             # consolidation files of a killed writer: never renamed into place, so never part of the store
             for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):
