@@ -12,6 +12,7 @@ from conftest import TEST_SIZE, photo_files, make_photo_set
 from featx.extract import extract, extract_features
 from featx.store import FeatureStore, FingerprintMismatch, StoreError, StoreLocked, StoreWriter
 from featx.backbones import fingerprint_id
+from featx.config import BackboneConfig
 
 
 def test_extract_class_folders_records_everything(photo_set, tmp_path, backbone):
@@ -262,6 +263,9 @@ def test_noop_rerun_and_refused_store_never_build_a_model(photo_set, tmp_path, b
     summary = extract(photo_set, store, backbone="mobilenet_0.25", image_size=TEST_SIZE, progress=False)
     assert (summary.n_extracted, summary.n_cached) == (1, 24) and summary.device != "unused"
     assert summary.fingerprint_id == fingerprint_id(backbone.fingerprint)
+    # a BackboneConfig is the same request as its keywords (and now nothing is left to do)
+    again = extract(photo_set, store, backbone=BackboneConfig("mobilenet_0.25", image_size=TEST_SIZE), progress=False)
+    assert (again.n_cached, again.device, again.fingerprint_id) == (25, "unused", summary.fingerprint_id)
 
 
 def test_noop_rerun_with_unknowable_fingerprint_builds_the_model(photo_set, tmp_path):
