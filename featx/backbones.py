@@ -22,12 +22,15 @@ import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from featx.config import DEFAULT_BACKBONE  # noqa: F401  (its home is featx.config)
 from featx.runtime import load_backend
+
+if TYPE_CHECKING:
+    from featx.config import BackboneConfig
 
 log = logging.getLogger("featx")
 
@@ -518,23 +521,68 @@ class Backbone:
             ).hexdigest()
         else:
             weights_sha = sha256_file(source.path)
-        fingerprint = {
-            "backbone": spec.name,
-            "weights": source.kind,
-            "weights_sha256": weights_sha,
-            "image_size": list(size),
-            "pooling": pooling if len(base.output.shape) == 4 else None,
-            "layer": layer,
-            "feature_dim": int(x.shape[-1]),
-            "preprocessing": spec.preprocessing,
-            "resize": RESIZE_METHOD,
-            "preprocessing_version": PREPROCESSING_VERSION,
-        }
-        if stddev_fix:  # only where it applies, so other backbones' stores stay valid
-            fingerprint["normalization_fix"] = "imagenet-stddev"
-        if precision != "float32":  # likewise: float32 stores (all existing ones) keep their fingerprint
-            fingerprint["precision"] = precision
+        pooled = pooling if len(base.output.shape) == 4 else None
+        fingerprint = _fingerprint(spec, source.kind, weights_sha, size, pooled, layer, int(x.shape[-1]), stddev_fix,
+                                   precision)
         return cls(spec, model, fingerprint, source, pooling=pooling)
+
+
+def _fingerprint(spec: BackboneSpec, weights_kind: str, weights_sha: str, size: tuple[int, int], pooling: str | None,
+                 layer: str | None, feature_dim: int, stddev_fix: bool, precision: str) -> dict:
+    """The fingerprint dict, in one place for Backbone.build and planned_fingerprint (so they cannot drift)."""
+    fingerprint = {
+        "backbone": spec.name,
+        "weights": weights_kind,
+        "weights_sha256": weights_sha,
+        "image_size": list(size),
+        "pooling": pooling,
+        "layer": layer,
+        "feature_dim": feature_dim,
+        "preprocessing": spec.preprocessing,
+        "resize": RESIZE_METHOD,
+        "preprocessing_version": PREPROCESSING_VERSION,
+    }
+    if stddev_fix:  # only where it applies, so other backbones' stores stay valid
+        fingerprint["normalization_fix"] = "imagenet-stddev"
+    if precision != "float32":  # likewise: float32 stores (all existing ones) keep their fingerprint
+        fingerprint["precision"] = precision
+    return fingerprint
+
+
+def planned_weights(cfg: "BackboneConfig") -> WeightsSource | None:
+    """The weights ``cfg.build()`` would load, resolved as build does (Keras cache, vendored file, a
+    path), if that needs neither a download nor Keras; None otherwise (random weights, a missing or
+    damaged file: build then downloads or gives its own error)."""
+    if cfg.weights is None or str(cfg.weights).lower() in ("none", "random"):
+        return None  # random weights are only known once the seeded model is built
+    spec = get_spec(cfg.name)
+    try:
+        source = resolve_weights(spec, cfg.weights, offline=True, progress=False)
+    except WeightsUnavailable:
+        return None
+    if spec.vendored and source.path.parent == VENDORED_DIR and sha256_file(source.path) != spec.vendored_sha256:
+        return None  # damaged: build says so
+    return source
+
+
+def planned_fingerprint(cfg: "BackboneConfig") -> dict | None:
+    """Exactly the fingerprint ``cfg.build()`` would give, computed without Keras or a model (hashing
+    the weights file only), or None when it cannot be known so: random weights, a named `layer` (its
+    width and shape come from the model), weights that need a download, or an EfficientNet given as a
+    file (whether it needs the ImageNet std fix is read from its loaded values)."""
+    if cfg.layer is not None:
+        return None
+    spec = get_spec(cfg.name)
+    size = normalize_size(spec, cfg.image_size)
+    source = planned_weights(cfg)
+    if source is None:
+        return None
+    # Keras' ImageNet release of EfficientNet B0-B7 (hash-checked when cached) always needs the fix
+    stddev_fix = spec.constructor.startswith("EfficientNetB")
+    if stddev_fix and source.kind != "imagenet":
+        return None
+    return _fingerprint(spec, source.kind, sha256_file(source.path), size, cfg.pooling, None, spec.feature_dim,
+                        stddev_fix, cfg.precision)
 
 
 #: The ImageNet standard deviations (RGB) that keras.applications' EfficientNet (B0-B7) weight
