@@ -71,11 +71,13 @@ def test_store_commands_never_import_the_backend(trained):
     nb = str(trained["tmp"] / "nb.skops")
     out = _fresh_featx([["train", str(trained["store"]), "--out", nb, "--cv", "2"],
                         ["evaluate", nb, str(trained["store"])], ["info", str(trained["store"])],
-                        ["backbones"], ["extract", str(trained["data"])],
+                        ["backbones"], ["--help"], ["extract", str(trained["data"])],
+                        ["train", str(trained["store"]), "--out", nb, "--alpha", "1e-3"],
                         ["info", str(trained["tmp"] / "missing.h5")]])
     assert out.returncode == 0, out.stderr
-    assert "CODES [0, 0, 0, 0, 2, 2] IMPORTED []" in out.stdout, (out.stdout, out.stderr)
-    assert "does not exist" in out.stderr and "required: --store" in out.stderr
+    assert "CODES [0, 0, 0, 0, 0, 2, 2, 2] IMPORTED []" in out.stdout, (out.stdout, out.stderr)
+    assert "required: --store" in out.stderr and "--alpha go with --sgd" in out.stderr
+    assert "does not exist" in out.stderr
     usage = [line for line in out.stderr.splitlines() if line.startswith(("usage: featx extract", " "))]
     assert len(usage) >= 1  # argparse's usage block of the extract error: featx's own text
     _assert_quiet("train, evaluate, info, backbones", "\n".join(set(out.stderr.splitlines()) - set(usage)))
