@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import subprocess
@@ -74,12 +75,31 @@ def run_main(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
     from featx.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with _environ(env or {}), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    verbose = "-v" in args or "--verbose" in args
+    with _environ(env or {}), _featx_log_to(err, verbose), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
         try:
             code = main(list(args))
         except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
             code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     return subprocess.CompletedProcess(["featx", *args], code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def _featx_log_to(stream, verbose: bool):
+    """The log lines main()'s logging.basicConfig would print on stderr in a fresh process (in pytest's
+    process the root logger already has handlers, so basicConfig does nothing): one-line-error tests
+    see every line a user would."""
+    root, handler = logging.getLogger(), logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("featx: %(message)s"))
+    saved_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
 
 
 @contextlib.contextmanager
