@@ -227,6 +227,7 @@ WRONG_PATHS = [
     (["train", "{data}", "--out", "{tmp}/c.skops"], FOLDER),
     (["evaluate", "{model}", "{data}"], FOLDER),
     (["info", "{data}"], FOLDER),
+    (["merge", "{data}"], FOLDER),
 ]
 
 

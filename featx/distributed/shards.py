@@ -19,6 +19,7 @@ from featx.extract import ExtractSummary, check_backbone_precision, extract, pla
 from featx.gpudecode import DEFAULT_DECODER
 from featx.sources import ImageSet
 from featx.store import MergeReport, StoreError, merge_stores
+from featx.store.layout import refuse_folder
 
 log = logging.getLogger("featx")
 
@@ -145,6 +146,7 @@ def merge(
 ) -> MergeReport:
     """Merge shard stores (default: every ``STORE.shards/shard-*.h5``) into `store`; see
     :func:`featx.store.merge_stores`. Idempotent: merging again adds nothing."""
+    refuse_folder(Path(store))  # the store merged into is a file, even when it does not exist yet
     paths = [Path(s) for s in shards] if shards else list_shards(store)
     if not paths:
         raise StoreError(f"nothing to merge into {store}: no shard stores named and none in {shard_dir(store)}")
