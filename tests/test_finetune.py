@@ -65,7 +65,7 @@ def test_head_from_the_probe_predicts_exactly_what_the_probe_predicts(tmp_path, 
 ])
 def test_unfreeze_takes_whole_top_blocks_and_never_batchnorm(name, last_two):
     bb = Backbone.build(name, weights="none", image_size=64)
-    base = ft._inner_base(bb)
+    base = ft.inner_base(bb)
     assert ft.unfreeze_top(base, 2) == last_two
     blocks = dict(ft.layer_blocks(base))
     top_layers = {id(l) for key in last_two for l in blocks[key]}
@@ -93,7 +93,7 @@ def test_finetune_trains_the_top_keeps_the_rest_and_records_everything(finetuned
 
     model = keras.saving.load_model(out)
     start = Backbone.build("mobilenet_0.25", image_size=TEST_SIZE)
-    ref = ft._inner_base(start)
+    ref = ft.inner_base(start)
     tuned = next(l for l in model.layers if isinstance(l, keras.Model))
     for name in ("conv1", "conv_pw_5", "conv_dw_11"):  # below the unfrozen blocks: untouched
         for a, b in zip(ref.get_layer(name).get_weights(), tuned.get_layer(name).get_weights()):
