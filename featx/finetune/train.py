@@ -46,6 +46,8 @@ HISTORY_KEYS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy"
 # -- result -----------------------------------------------------------------------------------------------
 @dataclass
 class FinetuneResult:
+    """What finetune() trained and kept: history, kept epoch, probe, settings (the model file records them too)."""
+
     model_path: str
     label_names: list[str]
     backbone: str
