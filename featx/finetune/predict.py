@@ -23,6 +23,7 @@ from featx.sources import Item, SourceError, assign_splits, display_path, load_s
 
 log = logging.getLogger("featx")
 
+
 @dataclass
 class Predictions:
     """Class probabilities for items (rows in `items` order; skipped items are NaN rows)."""

@@ -1,16 +1,17 @@
 """Fine-tuning, step by step as in the Keras transfer-learning guide, starting from the linear probe (LP-FT).
 
 1. load the data and split it (the split `featx extract` makes), carve a monitor set out of train;
-2. decode the images once (featx's reader) into uint8 memory maps;
-3. build the model with the backbone frozen;
-4. fit the head: by default it starts as the logistic-regression probe fitted on the frozen features
+2. build the pretrained backbone (seeded, under the training dtype policy);
+3. decode the images once (featx's reader) into uint8 memory maps;
+4. build the model with the backbone frozen;
+5. fit the head: by default it starts as the logistic-regression probe fitted on the frozen features
    (standardisation folded into the Dense weights), so fine-tuning starts where feature transfer
    ended (Kumar et al., 2022, "Fine-Tuning can Distort Pretrained Features"); or a random head is
    trained for a few epochs first;
-5. unfreeze the top blocks (BatchNormalization stays frozen and in inference mode);
-6. recompile at a low learning rate and fit, with early stopping and the best checkpoint on the
-   monitor set; the starting point is a candidate too;
-7. save the best weights with featx's metadata and report.
+6. unfreeze the top blocks (BatchNormalization stays frozen and in inference mode), recompile at a
+   low learning rate and fit with early stopping and the best checkpoint on the monitor set; keep the
+   best epoch, the starting point included;
+7. save the model with featx's metadata.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def _load_and_split(data: str | os.PathLike | ImageSet, split: SplitConfig, moni
 
 
 def _seeded_backbone(cfg: BackboneConfig, settings: FinetuneSettings) -> Backbone:
-    """Seed Keras' random state, then build the backbone under the training dtype policy."""
+    """2. Seed Keras' random state, then build the backbone under the training dtype policy."""
     import keras
 
     keras.utils.set_random_seed(settings.seed)
@@ -188,7 +189,7 @@ def _seeded_backbone(cfg: BackboneConfig, settings: FinetuneSettings) -> Backbon
 
 def _fit_probe_head(model, data: TrainingData, bb: Backbone, store_features: dict | None,
                     settings: FinetuneSettings, label_names: list[str]) -> dict:
-    """4a. The head := the L2 logistic-regression probe on the frozen features (C by CV); returns its record."""
+    """5a. The head := the L2 logistic-regression probe on the frozen features (C by CV); returns its record."""
     X = probe_features(store_features, data.fit, bb, settings.batch_size)
     cv = int(max(2, min(5, np.bincount(data.y_fit).min())))
     result = linear.train(X, data.y_fit, classifier="logreg", penalty="l2", cv=cv,
@@ -200,7 +201,7 @@ def _fit_probe_head(model, data: TrainingData, bb: Backbone, store_features: dic
 
 
 def _fit_head(trainer: _Trainer, settings: FinetuneSettings) -> dict:
-    """4b. Train the head alone if asked (`head_epochs`); returns the monitor metrics of phase two's start."""
+    """5b. Train the head alone if asked (`head_epochs`); returns the monitor metrics of phase two's start."""
     trainer.compile(settings.head_lr)
     if settings.head_epochs:
         trainer.fit("head", settings.head_epochs)
@@ -216,7 +217,7 @@ def _fit_head(trainer: _Trainer, settings: FinetuneSettings) -> dict:
 
 def _finetune_top_blocks(trainer: _Trainer, base, settings: FinetuneSettings, start: dict,
                          best_path: Path) -> tuple[list[str], int, dict]:
-    """5.-6. Unfreeze the top blocks, recompile at the low learning rate, fit with early stopping and the
+    """6. Unfreeze the top blocks, recompile at the low learning rate, fit with early stopping and the
     best checkpoint; keep the best weights. Returns (unfrozen blocks, kept epoch, its monitor metrics)."""
     import keras
 
