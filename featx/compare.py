@@ -192,14 +192,17 @@ def compare(
 
     bb = BackboneConfig.coerce(backbone, weights=weights, image_size=image_size)
     splits = SplitConfig(validation_fraction, test_fraction, split_seed).check()
+    # checked now, so a bad fine-tuning setting fails before the extraction, not after it
+    training = ft.FinetuneSettings(epochs=epochs, unfreeze=unfreeze, lr=lr, augment=augment, batch_size=batch_size,
+                                   mixed_precision=mixed_precision, patience=patience, seed=seed)
+    training.check()
     image_set = _load_split(data, split, splits, allow_outside_root)
     out = Path(out)
     (out / "models").mkdir(parents=True, exist_ok=True)
 
     # 1. extraction (shared by every feature-transfer model and by the fine-tuned head's start)
     store = out / "features.h5"
-    summary = extract(image_set, store, backbone=bb.name, weights=bb.weights, image_size=bb.image_size,
-                      batch_size=batch_size, workers=workers, progress=progress)
+    summary = extract(image_set, store, backbone=bb, batch_size=batch_size, workers=workers, progress=progress)
     held = _read_store(store, split)
 
     # 2. feature transfer: every candidate, C by CV on train, each judged once on the held-out split
@@ -209,10 +212,8 @@ def compare(
     # 3. parameter transfer: LP-FT from the same store, judged on the same held-out images. Every wrong
     # image is listed (n_wrong=all) so its per-image correctness pairs with the probes' for the verdict.
     model_path = out / "models" / "finetuned.keras"
-    finetuned = ft.finetune(image_set, model_path, backbone=bb.name, weights=bb.weights, image_size=bb.image_size,
-                            epochs=epochs, unfreeze=unfreeze, lr=lr, augment=augment, batch_size=batch_size,
-                            mixed_precision=mixed_precision, patience=patience, store=store, seed=seed,
-                            workers=workers, split_seed=splits.seed)
+    finetuned = ft.finetune(image_set, model_path, backbone=bb, settings=training, store=store, workers=workers,
+                            split_seed=splits.seed)
     evaluation = ft.evaluate(model_path, store, split=split, batch_size=batch_size, workers=workers,
                              n_wrong=len(held.X_eval))
     models.append(_finetuned_model(finetuned, evaluation, held, model_path, n_wrong))
