@@ -13,14 +13,14 @@ from dataclasses import fields
 from featx.backbones import POOLINGS
 from featx.cli import commands
 from featx.config import BackboneConfig, SplitConfig
+from featx.finetune.settings import AUGMENTATIONS, MONITORS, FinetuneSettings
 from featx.gpudecode import DECODERS, DEFAULT_DECODER
 from featx.pipeline import DEFAULT_IMAGE_TIMEOUT
 from featx.precision import PRECISIONS
 
 BACKBONE_DEFAULTS = {f.name: f.default for f in fields(BackboneConfig)}
 SPLIT_DEFAULTS = {f.name: f.default for f in fields(SplitConfig)}
-# featx.finetune.DEFAULT_AUGMENT, repeated so that `featx --help` does not import Keras
-DEFAULT_AUGMENT_NAMES = ("flip", "rotate", "zoom", "contrast")
+FINETUNE_DEFAULTS = {f.name: f.default for f in fields(FinetuneSettings)}  # featx.finetune.settings: no Keras
 
 OFFLINE_HELP = ("never touch the network: ImageNet weights missing from the Keras cache are an error, not a "
                 "download (also FEATX_OFFLINE=1)")
@@ -243,18 +243,22 @@ def _add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="folder of class folders (optionally under train/ validation/ test/), or a CSV")
     _add_backbone_options(p)
     p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs at most (early stopping)")
-    p.add_argument("--unfreeze", default="2", help="top blocks to train, or 'all' (default 2)")
-    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (Adam; default 1e-4)")
-    p.add_argument("--augment", default=",".join(DEFAULT_AUGMENT_NAMES),
-                   help="comma list of flip,rotate,zoom,shear,translate,contrast or none")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=FINETUNE_DEFAULTS["epochs"],
+                   help="fine-tuning epochs at most (early stopping; default %(default)s)")
+    p.add_argument("--unfreeze", default=str(FINETUNE_DEFAULTS["unfreeze"]),
+                   help="top blocks to train, or 'all' (default %(default)s)")
+    p.add_argument("--lr", type=float, default=FINETUNE_DEFAULTS["lr"],
+                   help="fine-tuning learning rate (Adam; default %(default)s)")
+    p.add_argument("--augment", default=",".join(FINETUNE_DEFAULTS["augment"]),
+                   help=f"comma list of {','.join(AUGMENTATIONS)} or none (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=FINETUNE_DEFAULTS["batch_size"])
     p.add_argument("--mixed-precision", nargs="?", const="auto", default=False, choices=["auto", "float16", "bfloat16"],
                    help="train in mixed precision (auto: float16 on a GPU, bfloat16 on CPU)")
-    p.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs")
+    p.add_argument("--patience", type=int, default=FINETUNE_DEFAULTS["patience"],
+                   help="early-stopping patience in epochs")
     p.add_argument("--workers", type=int, default=None, help="decoding threads")
     _add_split_options(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=FINETUNE_DEFAULTS["seed"])
     p.add_argument("--allow-outside-root", action="store_true")
 
 
@@ -269,16 +273,16 @@ def _add_finetune(sub) -> None:
     _add_finetune_arguments(p)
     p.add_argument("--out", required=True, help="the model file to write (.keras)")
     p.add_argument("--store", default=None, help="a store of this data and backbone: the probe reuses its features")
-    p.add_argument("--head-init", choices=["probe", "random"], default="probe",
+    p.add_argument("--head-init", choices=["probe", "random"], default=FINETUNE_DEFAULTS["head_init"],
                    help="probe (LP-FT, default) or a random head trained first for --head-epochs")
     p.add_argument("--head-epochs", type=int, default=None, help="phase-one epochs (default 0 with probe, 5 random)")
-    p.add_argument("--head-lr", type=float, default=1e-3)
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--l2", type=float, default=1e-4, help="L2 weight decay on the head")
+    p.add_argument("--head-lr", type=float, default=FINETUNE_DEFAULTS["head_lr"])
+    p.add_argument("--dropout", type=float, default=FINETUNE_DEFAULTS["dropout"])
+    p.add_argument("--l2", type=float, default=FINETUNE_DEFAULTS["l2"], help="L2 weight decay on the head")
     p.add_argument("--class-weight", choices=["balanced"], default=None)
-    p.add_argument("--monitor", choices=["val_loss", "val_accuracy"], default="val_loss")
-    p.add_argument("--monitor-fraction", type=float, default=0.1,
-                   help="stratified part of the train split held out for early stopping (default 0.1)")
+    p.add_argument("--monitor", choices=MONITORS, default=FINETUNE_DEFAULTS["monitor"])
+    p.add_argument("--monitor-fraction", type=float, default=FINETUNE_DEFAULTS["monitor_fraction"],
+                   help="stratified part of the train split held out for early stopping (default %(default)s)")
     _add_json(p)
     p.set_defaults(func=commands.cmd_finetune)
 
