@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_SIZE, make_photo_set, run_cli
+from conftest import TEST_SIZE, make_photo_set, run_main
 from featx.extract import extract
 from featx.oom import OutOfMemory, is_out_of_memory
 from featx.store import FeatureStore, StoreFull, StoreWriter
@@ -56,11 +56,11 @@ def test_second_writer_refused_and_readers_read_while_the_first_writes(tmp_path,
     try:
         committed = assert_sane(store, allowed)  # a reader opens while the writer holds the lock
         assert len(committed) >= 2 * BATCH
-        info = run_cli("info", str(store), "--json")
+        info = run_main("info", str(store), "--json")
         assert info.returncode == 0, info.stderr
         assert json.loads(info.stdout)["n_images"] == len(committed)
         before = parts(store)
-        second = run_cli(*cli_args(data, store))  # a real second extraction into the same store
+        second = run_main(*cli_args(data, store))  # a real second extraction into the same store
         assert second.returncode == 1, second.stderr
         assert "being written by another featx process" in second.stderr
         assert "Traceback" not in second.stderr
