@@ -50,7 +50,7 @@ def test_second_writer_refused_and_readers_read_while_the_first_writes(tmp_path,
     data, clean = photos
     allowed = relpaths(data)
     store = tmp_path / "s.h5"
-    first = start_cli(data, store)
+    first = start_cli(data, store)  # a process of its own: it is stopped (SIGSTOP) while holding the lock
     _wait_for_parts(first, store, 2)
     os.kill(first.pid, signal.SIGSTOP)  # hold the first writer mid-run (it keeps its lock) while we look
     try:
@@ -113,7 +113,7 @@ def test_disk_full_mid_run_is_a_clear_error_then_rerun_completes(tmp_path, small
     data, clean = photos
     allowed = relpaths(data)
     store = small_disk / "s.h5"
-    proc = start_cli(data, store)
+    proc = start_cli(data, store)  # a process of its own, stopped while the disk is filled under it
     _wait_for_parts(proc, store, 2)
     os.kill(proc.pid, signal.SIGSTOP)
     _fill(small_disk / "filler")  # the disk runs out mid-run, wherever the writer happens to be
