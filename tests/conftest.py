@@ -76,8 +76,9 @@ def run_main(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
 
     out, err = io.StringIO(), io.StringIO()
     verbose = "-v" in args or "--verbose" in args
-    with _environ(env or {}), _featx_log_to(err, verbose), contextlib.redirect_stdout(out), \
-            contextlib.redirect_stderr(err):
+    # main() turns offline mode on through the environment (--offline): undone after the call like env
+    with _environ(env or {}, restore=("FEATX_OFFLINE",)), _featx_log_to(err, verbose), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main(list(args))
         except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
@@ -103,8 +104,8 @@ def _featx_log_to(stream, verbose: bool):
 
 
 @contextlib.contextmanager
-def _environ(env: dict):
-    saved = {k: os.environ.get(k) for k in env}
+def _environ(env: dict, restore: tuple = ()):
+    saved = {k: os.environ.get(k) for k in (*env, *restore)}
     os.environ.update(env)
     try:
         yield

@@ -229,6 +229,7 @@ sys.exit(rc)
 
 
 def _cli_without_model(*args: str):
+    # a fresh process: only there does "no Keras import" mean anything (this one imported it long ago)
     import os
     import subprocess
     import sys

@@ -39,7 +39,7 @@ class ExtractionPlan:
     fingerprint: dict | None = None
     weights: dict | None = None  # where the weights come from, with their sha256 (for the summary)
     random_weights: bool = False
-    store_settled: bool = False  # the store exists and no journal parts wait for consolidation
+    store_settled: bool = False  # the store exists, has checksums and no journal parts wait for consolidation
     n_stale_rows: int = 0  # store rows of files not in the image set
 
     @property
@@ -153,7 +153,8 @@ def _against_store(plan: ExtractionPlan) -> ExtractionPlan:
         return plan
     with FeatureStore(plan.store) as fs:
         index = fs.index()
-        settled = fs.pending_parts == 0
+        # a store without checksums is not settled either: the run's consolidation records them
+        settled = fs.pending_parts == 0 and fs.checksum_recorded
         relpaths = plan.relpaths
         n_stale = sum(1 for p in fs.paths.tolist() if p not in relpaths)
     image_set, todo = partition(plan.image_set, index)
