@@ -192,12 +192,15 @@ def test_cache_runs_the_cnn_once_per_image(photos, tmp_path):
         fx(cache=str(cache), pooling="max").fit().transform(photos[:1])
 
 
-def test_pipeline_grid_search_runs_cnn_once_per_image(tmp_path):
+# n_jobs=1 runs in this process (the session's backbone): the pipeline and cache contract, in seconds;
+# n_jobs=2 adds two worker processes that each import Keras and build the model (~1 min): the large tier.
+@pytest.mark.parametrize("n_jobs", [1, pytest.param(2, marks=pytest.mark.large)])
+def test_pipeline_grid_search_runs_cnn_once_per_image(tmp_path, n_jobs):
     files = [str(p) for p in photo_files("cat", 20)] + [str(p) for p in photo_files("flower", 20)]
     y = np.array([0] * 20 + [1] * 20)
     cache = tmp_path / "gs.h5"
     pipe = make_pipeline(fx(cache=str(cache)), LogisticRegression(max_iter=2000))
-    search = GridSearchCV(pipe, {"logisticregression__C": [0.01, 0.1, 1.0]}, cv=3, n_jobs=2)
+    search = GridSearchCV(pipe, {"logisticregression__C": [0.01, 0.1, 1.0]}, cv=3, n_jobs=n_jobs)
     search.fit(files, y)
     assert search.best_score_ > 0.7  # cat vs flower, 27 training photos per fold at 96 px (chance 0.5)
     with FeatureStore(cache) as fs:
