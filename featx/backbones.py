@@ -396,6 +396,9 @@ class Backbone:
         self.fingerprint = fingerprint
         self.weights = weights
         self.pooling = pooling
+        #: Views averaged per image ("one", "flip", "flip+crops") and pooling per output (featx.featuresets).
+        self.views: str = fingerprint.get("views", "one")
+        self._poolings = [s["pooling"] for s in fingerprint.get("feature_sets") or ()] or [pooling]
         self._inference_model = None
         self.n_folded = 0  # BatchNormalization layers folded away in inference_model
 
@@ -415,7 +418,7 @@ class Backbone:
             folded, self.n_folded = fold_batchnorm(base)
             # Only the backbone computes in 16 bits; the input cast and the pooling stay float32.
             model = _assemble(self.spec, self.image_size, with_compute_dtype(folded, self.precision),
-                              self.pooling, fused_input=True)
+                              self._poolings, fused_input=True, views=self.views)
             run_check(model, self.image_size, self.precision)  # a clear error, not a backend trace
             self._inference_model = model
         return self._inference_model
@@ -455,6 +458,8 @@ class Backbone:
         weights_mirror: str | None = None,
         offline: bool | None = None,
         precision: str = "float32",
+        views: str = "one",
+        layers: str | tuple[str, ...] | None = None,
     ) -> "Backbone":
         """Build the backbone; raises WeightsUnavailable rather than falling back to random weights.
 
@@ -462,7 +467,10 @@ class Backbone:
         `weights_mirror`, default FEATX_WEIGHTS_MIRROR, else Keras' address) unless `offline`
         (default FEATX_OFFLINE); ``self.weights`` says where they came from.
         `precision` (float32, bfloat16, float16) is what inference_model computes in (featx.precision).
+        `views` ("one", "flip", "flip+crops") are averaged per image inside the model; `layers`
+        ("LAYER[:POOLING]", ...) are pooled side by side from one pass (see featx.featuresets).
         """
+        from featx.featuresets import check_views, parse_layers
         from featx.precision import check_precision
 
         check_precision(precision)
@@ -470,6 +478,10 @@ class Backbone:
         size = normalize_size(spec, image_size)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        check_views(views)
+        parsed = parse_layers(layers, pooling)
+        if parsed is not None and layer is not None:
+            raise ValueError("give layer= (one inner layer) or layers= (several feature sets), not both")
         source = resolve_weights(spec, weights, weights_mirror=weights_mirror, offline=offline)
 
         load_backend()  # first import of the backend, without its native start-up chatter
@@ -500,16 +512,12 @@ class Backbone:
         base.trainable = False
 
         if layer is not None:
-            try:
-                target = base.get_layer(layer)
-            except ValueError:
-                raise ValueError(
-                    f"backbone {spec.name!r} has no layer {layer!r}; "
-                    f"some of its layers: {', '.join(l.name for l in base.layers[-8:])}"
-                ) from None
-            base = keras.Model(base.inputs, target.output, name=f"{base.name}_{layer}")
+            base = keras.Model(base.inputs, _layer_output(spec, base, layer), name=f"{base.name}_{layer}")
+        elif parsed is not None:
+            outputs = [base.output if name == "final" else _layer_output(spec, base, name) for name, _ in parsed]
+            base = keras.Model(base.inputs, outputs, name=f"{base.name}_sets")
 
-        model = _assemble(spec, size, base, pooling)
+        model = _assemble(spec, size, base, [p for _, p in parsed] if parsed else [pooling], views=views)
         x = model.output
 
         if source.kind == "none":
@@ -523,7 +531,7 @@ class Backbone:
             "weights": source.kind,
             "weights_sha256": weights_sha,
             "image_size": list(size),
-            "pooling": pooling if len(base.output.shape) == 4 else None,
+            "pooling": pooling if parsed or len(base.output.shape) == 4 else None,
             "layer": layer,
             "feature_dim": int(x.shape[-1]),
             "preprocessing": spec.preprocessing,
@@ -534,7 +542,23 @@ class Backbone:
             fingerprint["normalization_fix"] = "imagenet-stddev"
         if precision != "float32":  # likewise: float32 stores (all existing ones) keep their fingerprint
             fingerprint["precision"] = precision
+        if views != "one":  # likewise
+            fingerprint["views"] = views
+        if parsed is not None:
+            from featx.featuresets import fingerprint_sets
+
+            fingerprint["feature_sets"] = fingerprint_sets(parsed, [int(o.shape[-1]) for o in base.outputs])
         return cls(spec, model, fingerprint, source, pooling=pooling)
+
+
+def _layer_output(spec: BackboneSpec, base, layer: str):
+    try:
+        return base.get_layer(layer).output
+    except ValueError:
+        raise ValueError(
+            f"backbone {spec.name!r} has no layer {layer!r}; "
+            f"some of its layers: {', '.join(l.name for l in base.layers[-8:])}"
+        ) from None
 
 
 #: The ImageNet standard deviations (RGB) that keras.applications' EfficientNet (B0-B7) weight
@@ -586,14 +610,19 @@ def _with_imagenet_stddev_fix(base):
     return fixed
 
 
-def _assemble(spec: BackboneSpec, size: tuple[int, int], base, pooling: str, *, fused_input: bool = False):
-    """uint8 pixels -> the backbone's normalisation -> ``base`` -> pooled features, as one model.
+def _assemble(spec: BackboneSpec, size: tuple[int, int], base, poolings: list[str], *, fused_input: bool = False,
+              views: str = "one"):
+    """uint8 pixels -> the backbone's normalisation -> views -> ``base`` -> pooled features (one
+    pooling per output of ``base``, side by side) -> averaged over the views, as one model.
 
     ``fused_input``: let the first normalisation layer cast the uint8 pixels itself (Rescaling
     does) instead of a separate cast pass; the inference model does, the saved/trained one keeps
-    the layer layout fine-tuned files already have.
+    the layer layout fine-tuned files already have. The views are made after the normalisation,
+    which is per pixel and affine, so flipping and resizing commute with it.
     """
     import keras
+
+    from featx.featuresets import average_views, make_views
 
     norms = normalization_layers(spec.preprocessing)
     if fused_input and norms and isinstance(norms[0], keras.layers.Rescaling):
@@ -602,15 +631,26 @@ def _assemble(spec: BackboneSpec, size: tuple[int, int], base, pooling: str, *, 
         inputs, x = pixels_input(size)
     for norm in norms:
         x = norm(x)
-    x = base(x, training=False)
-    if len(x.shape) == 4:
-        pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
-        x = pool(name=f"featx_{pooling}_pool")(x)
-    elif len(x.shape) != 2:
-        x = keras.layers.Flatten(name="featx_flatten")(x)
+    outputs = base(make_views(x, views, size), training=False)
+    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    pooled = [_pool(out, pooling, "" if len(outputs) == 1 else f"_{i}")
+              for i, (out, pooling) in enumerate(zip(outputs, poolings))]
+    x = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="featx_feature_sets")(pooled)
+    x = average_views(x, views)
     model = keras.Model(inputs, x, name=f"featx_{spec.name.replace('.', '_')}")
     model.trainable = False
     return model
+
+
+def _pool(x, pooling: str, suffix: str):
+    import keras
+
+    if len(x.shape) == 4:
+        pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
+        return pool(name=f"featx_{pooling}_pool{suffix}")(x)
+    if len(x.shape) != 2:
+        return keras.layers.Flatten(name=f"featx_flatten{suffix}")(x)
+    return x
 
 
 def describe_backbones(*, weights_mirror: str | None = None, offline: bool | None = None) -> list[dict]:
@@ -659,23 +699,28 @@ _SHARED_LOCK = threading.Lock()
 def shared_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet",
                     image_size: Any = None, pooling: str = "avg", layer: str | None = None,
                     precision: str = "float32", weights_mirror: str | None = None,
-                    offline: bool | None = None) -> Backbone:
+                    offline: bool | None = None, views: str = "one",
+                    layers: str | tuple[str, ...] | None = None) -> Backbone:
     """The backbone of this configuration, built once per process and reused by every later caller
     (``FeatureExtractor`` instances, the tasks of a Dask worker). Building holds a lock, so several
     threads asking at once build it once.
 
     The key is what determines the model: the canonical backbone name, the weights, the image size
     (by its text, so a list from a task's JSON config is usable; ``224`` and ``(224, 224)`` are built
-    separately, never wrongly shared), pooling, layer and precision. ``weights_mirror`` and
+    separately, never wrongly shared), pooling, layer, precision, views and layers (canonical names). ``weights_mirror`` and
     ``offline`` are not in it: they say only how a missing weights file is fetched, and the file is
     verified the same way (Keras' published hash, or loading it) whichever way it came, so the built model is
     the same; the first caller's settings are used for that fetch."""
     weights = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
-    key = (get_spec(name).name, weights, None if image_size is None else str(image_size), pooling, layer, precision)
+    from featx.featuresets import canonical_layers
+
+    layers = canonical_layers(layers, pooling)
+    key = (get_spec(name).name, weights, None if image_size is None else str(image_size), pooling, layer, precision,
+           views, layers)
     with _SHARED_LOCK:
         bb = _SHARED.get(key)
         if bb is None:
             bb = _SHARED[key] = Backbone.build(name, weights=weights, image_size=image_size, pooling=pooling,
                                                layer=layer, weights_mirror=weights_mirror, offline=offline,
-                                               precision=precision)
+                                               precision=precision, views=views, layers=layers)
     return bb

@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from featx import tune
 from featx.runtime import quiet_backend_logs
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -43,6 +44,7 @@ def cmd_extract(args) -> int:
         allow_outside_root=args.allow_outside_root, progress=not args.no_progress,
         image_timeout=args.image_timeout or None,
     )
+    options = tune.backbone_from_args(args, options)  # --views / --layers: a built backbone
     try:
         if args.cluster:
             from featx.distributed import extract_distributed, parse_cluster
@@ -112,6 +114,8 @@ def cmd_train(args) -> int:
     sgd_only = [flag for flag, value in (("--alpha", args.alpha), ("--l1-ratio", args.l1_ratio),
                                           ("--epochs", args.epochs), ("--chunk-size", args.chunk_size),
                                           ("--holdout-fraction", args.holdout_fraction)) if value is not None]
+    if args.features is not None and args.sgd:
+        raise UsageError("--features goes with in-memory training, not --sgd")
     if sgd_only and not args.sgd:
         raise UsageError(f"{', '.join(sgd_only)} go with --sgd")
     if args.sgd:
@@ -124,7 +128,7 @@ def cmd_train(args) -> int:
         return cmd_train_sgd(args)
     report = train_store(args.store, args.out, classifier=args.classifier, penalty=args.penalty, cv=args.cv,
                          class_weight=args.class_weight, calibrate=args.calibrate, n_jobs=args.n_jobs,
-                         random_state=args.seed)
+                         random_state=args.seed, features=args.features)
     if args.json:
         _print_json(report.to_dict())
         return EXIT_OK
@@ -134,6 +138,8 @@ def cmd_train(args) -> int:
           f"C chosen by {args.cv}-fold stratified CV ({report.seconds:.1f} s)")
     print(format_table(report.candidates, ["classifier", "penalty", "best_C", "cv_score_mean", "cv_score_std",
                                            "n_nonzero_weights", "fit_seconds"]))
+    if report.features != "all" or report.feature_scores:
+        print(tune.format_feature_scores(report))
     print(f"kept {report.name} (best CV accuracy) → {report.model_path}")
     return EXIT_OK
 
@@ -197,6 +203,7 @@ def cmd_info(args) -> int:
           f"pooling {fp['pooling']}, layer {fp['layer'] or '(last conv block)'}")
     print(f"features     {info['n_images']} × {info['feature_dim']} {info['feature_dtype']}  "
           f"(fingerprint {info['fingerprint_id']})")
+    print(f"sets         {', '.join(f'{n} [{a}:{b}]' for n, (a, b) in info['feature_sets'].items())}; views {info['views']}")
     print(f"splits       {info['splits']}   split method {info['split_method'] or '-'}")
     print(f"classes      {info['labels']}")
     print(f"skipped      {info['n_skipped']} {info['skipped_by_kind'] or ''}")
@@ -414,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "job); join with `featx merge STORE`")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    tune.add_feature_options(p)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("merge", help="join shard stores into one store",
@@ -454,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT",
                    help="with --sgd: run the candidates on Dask workers (joblib's dask backend; needs featx[dask])")
     p.add_argument("--json", action="store_true")
+    tune.add_train_features(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a classifier on a held-out split",
@@ -547,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="cache/demo")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    tune.add_parser(sub)
     return parser
 
 
