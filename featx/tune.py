@@ -6,8 +6,8 @@ Each (image size, views) pair is one store under ``OUT/stores/``, extracted once
 set of a store, and their concatenation ``all``, is one recipe. A recipe is scored by the
 cross-validated accuracy of an L2 logistic regression (C by CV) on the **train split only**.
 
-Cost: an extraction's seconds per image (the extraction loop: decode, model, store) as measured when
-the store was made, recorded in ``OUT/costs.json`` so a rerun, which recomputes nothing, still shows it;
+Cost: an extraction's seconds per image (the extraction loop: decode, model, store; fixed batch size,
+model traced beforehand) as measured when the store was made, recorded in ``OUT/costs.json`` so a rerun, which recomputes nothing, still shows it;
 the ratio is against the default recipe (the backbone's own size, one view, ``final``). Before
 extracting, a pair's cost is estimated as views × (size / default size)², and pairs estimated over
 ``budget`` are listed as not tried, with why (as are pairs beyond ``max_recipes`` stores, cheapest first).
@@ -132,9 +132,14 @@ def _pairs(cfg: BackboneConfig, sizes: list[int], views: Sequence[str], budget: 
 
 def _extract_pair(data, store: Path, cfg: BackboneConfig, costs: dict, extract_options: dict) -> tuple[float, bool]:
     """Extract (or find already extracted) one store; its seconds per image and whether the CNN ran."""
+    import numpy as np
+
     from featx.extract import extract
 
-    summary = extract(data, store, backbone=cfg.build(), **extract_options)
+    bb = cfg.build()
+    # one call first, so the measured loop holds no tracing/compilation (which would swamp a small set's cost)
+    bb.predict(np.zeros((extract_options["batch_size"], *bb.image_size, 3), np.uint8))
+    summary = extract(data, store, backbone=bb, **extract_options)
     if summary.n_extracted:
         costs[store.name] = summary.loop_seconds / summary.n_extracted
     if store.name not in costs:
@@ -188,7 +193,7 @@ def tune(
     classifier: str = "logreg",
     penalty: str = "l2",
     split: str = "validation",
-    batch_size: int | str = "auto",
+    batch_size: int = 32,
     workers: int | None = None,
     validation_fraction: float = 0.2,
     test_fraction: float = 0.0,
@@ -270,8 +275,8 @@ def _use_options(cfg: BackboneConfig, row: RecipeRow) -> dict:
         parts.append(f"--views {row.views}")
     if row.features not in ("final", f"final:{cfg.pooling}"):
         parts.append(f"--layers {','.join(row.layers or [])}")
-    train = f"--features {row.features}" if row.features not in ("final", f"final:{cfg.pooling}") else "all features"
-    return {"extract": "featx extract " + " ".join(parts), "train": "featx train " + train}
+    train = f" --features {row.features}" if row.features not in ("final", f"final:{cfg.pooling}") else ""
+    return {"extract": "featx extract " + " ".join(parts), "train": "featx train" + train}
 
 
 # -- command line -------------------------------------------------------------------------------------------------
@@ -343,7 +348,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--classifier", choices=["logreg", "svm"], default="logreg")
     p.add_argument("--split", choices=["validation", "test"], default="validation",
                    help="held-out split, used once, for the chosen recipe")
-    p.add_argument("--batch-size", default="auto")
+    p.add_argument("--batch-size", type=int, default=32, help="images per model call (fixed, so costs compare)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--validation-fraction", type=float, default=0.2)
     p.add_argument("--test-fraction", type=float, default=0.0)
@@ -355,10 +360,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     result = tune(args.data, args.out, backbone=args.backbone, weights=args.weights, sizes=args.sizes,
                   views=args.views, layers=args.layers or None, budget=args.budget, max_recipes=args.max_recipes,
-                  cv=args.cv, classifier=args.classifier, split=args.split, batch_size=batch_size,
+                  cv=args.cv, classifier=args.classifier, split=args.split, batch_size=args.batch_size,
                   workers=args.workers, validation_fraction=args.validation_fraction,
                   test_fraction=args.test_fraction, split_seed=args.split_seed, n_jobs=args.n_jobs,
                   progress=not args.no_progress)
