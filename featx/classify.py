@@ -59,13 +59,16 @@ def train_store(
     n_jobs: int | None = None,
     random_state: int = 0,
     features: str | None = None,
+    Cs: Sequence[float] | None = None,
 ) -> TrainReport:
     """Choose and fit a linear classifier on the store's train split; save it bound to the fingerprint.
 
     `features`: a feature set of the store (``featx info``; featx.featuresets), ``all`` (the whole
     row, the default) or ``best``: each set and ``all`` trained, the best CV score kept (all scores in
     ``report.feature_scores``). The classifier records its set, so evaluate and predict use the same columns.
+    `Cs`: the grid of C searched by CV (default featx.linear.DEFAULT_CS).
     """
+    grid = {} if Cs is None else {"Cs": np.asarray(Cs, float)}
     started = time.perf_counter()
     with FeatureStore(store) as fs:
         X, y = fs.split("train")
@@ -78,7 +81,7 @@ def train_store(
             cols = feature_columns(fs.fingerprint, name)[1]
             fit = linear.train(X[:, cols], y, classifier=classifier, penalty=penalty, cv=cv,
                                class_weight=class_weight, calibrate=calibrate, random_state=random_state,
-                               n_jobs=n_jobs, label_names=fs.label_names)
+                               n_jobs=n_jobs, label_names=fs.label_names, **grid)
             tried.append((name, cols, fit))
         # the best CV score; on a tie the earlier (a single set before their concatenation)
         best = max(range(len(tried)), key=lambda i: (tried[i][2].best.cv_score_mean, -i))

@@ -17,6 +17,15 @@ The fingerprint records ``views`` (only when not "one") and ``feature_sets`` (on
 given: ``[{name, layer, pooling, start, stop}]``), so stores of other settings are never mixed and
 existing stores keep their fingerprint. A store without ``feature_sets`` has one implicit set,
 ``final``. :func:`feature_columns` turns a set name (or ``all``, their concatenation) into columns.
+
+>>> parse_layers("final,conv_pw_11_relu:max")
+[('final', 'avg'), ('conv_pw_11_relu', 'max')]
+>>> fp = {"feature_dim": 384, "feature_sets": fingerprint_sets([("final", "avg"), ("conv_pw_11_relu", "max")],
+...                                                          [256, 128])}
+>>> feature_columns(fp, "conv_pw_11_relu:max"), feature_columns(fp, "all")
+(('conv_pw_11_relu:max', slice(256, 384, None)), ('all', slice(0, 384, None)))
+>>> feature_sets({"feature_dim": 256})
+{'final': slice(0, 256, None)}
 """
 
 from __future__ import annotations
