@@ -10,6 +10,9 @@ a file missing from both is downloaded the way keras.applications does, from the
 the mirror ``FEATX_WEIGHTS_MIRROR`` / ``weights_mirror=``), verified and saved into that cache
 (featx.download). Offline mode (``FEATX_OFFLINE=1`` / ``offline=True``) never touches the network.
 A file path is loaded as given; ``"none"`` builds random weights and says so everywhere.
+
+``views`` (the image and its mirror, and crops, averaged) and ``layers`` (several pooled blocks from one
+pass, side by side) are built into the same model (featx.featuresets).
 """
 
 from __future__ import annotations
@@ -511,12 +514,7 @@ class Backbone:
             base = _with_imagenet_stddev_fix(base)
         base.trainable = False
 
-        if layer is not None:
-            base = keras.Model(base.inputs, _layer_output(spec, base, layer), name=f"{base.name}_{layer}")
-        elif parsed is not None:
-            outputs = [base.output if name == "final" else _layer_output(spec, base, name) for name, _ in parsed]
-            base = keras.Model(base.inputs, outputs, name=f"{base.name}_sets")
-
+        base = _with_outputs(spec, base, layer, parsed)
         model = _assemble(spec, size, base, [p for _, p in parsed] if parsed else [pooling], views=views)
         x = model.output
 
@@ -544,11 +542,24 @@ class Backbone:
             fingerprint["precision"] = precision
         if views != "one":  # likewise
             fingerprint["views"] = views
-        if parsed is not None:
+        if parsed is not None:  # likewise
             from featx.featuresets import fingerprint_sets
 
             fingerprint["feature_sets"] = fingerprint_sets(parsed, [int(o.shape[-1]) for o in base.outputs])
         return cls(spec, model, fingerprint, source, pooling=pooling)
+
+
+def _with_outputs(spec: BackboneSpec, base, layer: str | None, parsed: list[tuple[str, str]] | None):
+    """``base`` ending at `layer`, or with one output per feature set in `parsed` (``final``: its own
+    output), or ``base`` itself."""
+    import keras
+
+    if layer is not None:
+        return keras.Model(base.inputs, _layer_output(spec, base, layer), name=f"{base.name}_{layer}")
+    if parsed is not None:
+        outputs = [base.output if name == "final" else _layer_output(spec, base, name) for name, _ in parsed]
+        return keras.Model(base.inputs, outputs, name=f"{base.name}_sets")
+    return base
 
 
 def _layer_output(spec: BackboneSpec, base, layer: str):
