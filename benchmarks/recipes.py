@@ -109,7 +109,8 @@ def run(name: str, image_set, out: Path, budget: float, budget_measured: float) 
     print(f"(best held-out of all recipes, for reference only: {best_held} {held[best_held]:.4f})")
     return {"dataset": name, "n_images": len(image_set.items), "n_train": result.n_train, "budget": budget,
             "rows": [r.__dict__ | {"held_out": held.get(r.recipe)} for r in rows], "default": default.recipe,
-            "model_seconds_per_image": model, "pick": pick.recipe, "pick_rule": rule, "gain_points": gain, "pick_cost_ratio": pick.cost_ratio,
+            "model_seconds_per_image": model, "pick": pick.recipe, "pick_rule": rule, "gain_points": gain,
+            "pick_cost_ratio": pick.cost_ratio,
             "seconds": time.perf_counter() - started}
 
 

@@ -718,10 +718,10 @@ def shared_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet"
 
     The key is what determines the model: the canonical backbone name, the weights, the image size
     (by its text, so a list from a task's JSON config is usable; ``224`` and ``(224, 224)`` are built
-    separately, never wrongly shared), pooling, layer, precision, views and layers (canonical names). ``weights_mirror`` and
-    ``offline`` are not in it: they say only how a missing weights file is fetched, and the file is
-    verified the same way (Keras' published hash, or loading it) whichever way it came, so the built model is
-    the same; the first caller's settings are used for that fetch."""
+    separately, never wrongly shared), pooling, layer, precision, views and layers (canonical names).
+    ``weights_mirror`` and ``offline`` are not in it: they say only how a missing weights file is
+    fetched, and the file is verified the same way (Keras' published hash, or loading it) whichever way
+    it came, so the built model is the same; the first caller's settings are used for that fetch."""
     weights = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
     from featx.featuresets import canonical_layers
 

@@ -203,7 +203,8 @@ def cmd_info(args) -> int:
           f"pooling {fp['pooling']}, layer {fp['layer'] or '(last conv block)'}")
     print(f"features     {info['n_images']} × {info['feature_dim']} {info['feature_dtype']}  "
           f"(fingerprint {info['fingerprint_id']})")
-    print(f"sets         {', '.join(f'{n} [{a}:{b}]' for n, (a, b) in info['feature_sets'].items())}; views {info['views']}")
+    sets = ", ".join(f"{name} [{a}:{b}]" for name, (a, b) in info["feature_sets"].items())
+    print(f"sets         {sets}; views {info['views']}")
     print(f"splits       {info['splits']}   split method {info['split_method'] or '-'}")
     print(f"classes      {info['labels']}")
     print(f"skipped      {info['n_skipped']} {info['skipped_by_kind'] or ''}")

@@ -7,10 +7,11 @@ set of a store, and their concatenation ``all``, is one recipe. A recipe is scor
 cross-validated accuracy of an L2 logistic regression (C by CV) on the **train split only**.
 
 Cost: an extraction's seconds per image (the extraction loop: decode, model, store; fixed batch size,
-model traced beforehand) as measured when the store was made, recorded in ``OUT/costs.json`` so a rerun, which recomputes nothing, still shows it;
-the ratio is against the default recipe (the backbone's own size, one view, ``final``). Before
-extracting, a pair's cost is estimated as views × (size / default size)², and pairs estimated over
-``budget`` are listed as not tried, with why (as are pairs beyond ``max_recipes`` stores, cheapest first).
+model traced beforehand) as measured when the store was made, recorded in ``OUT/costs.json`` so a
+rerun, which recomputes nothing, still shows it; the ratio is against the default recipe (the
+backbone's own size, one view, ``final``). Before extracting, a pair's cost is estimated as views ×
+(size / default size)², and pairs estimated over ``budget`` are listed as not tried, with why (as are
+pairs beyond ``max_recipes`` stores, cheapest first).
 
 The choice: the best mean CV score; among recipes within one standard error of it (its CV std /
 sqrt(folds)), the cheapest by the estimate (then the best CV), so a gain inside CV noise never buys
