@@ -1,15 +1,11 @@
-"""Registry of pretrained keras.applications backbones, weight resolution and the fingerprint.
+"""A built backbone: the frozen keras.applications model that takes **uint8** pixels (N, H, W, 3) and
+returns pooled features (N, D), its inference graph, its fingerprint, and one built model per
+configuration and process (``shared_backbone``).
 
-A backbone here is a Keras model that takes **uint8** pixels (N, H, W, 3) and returns pooled
-features (N, D). Its own normalisation lives inside the model (stock Keras layers), so any backend
-and device gets the same bytes and callers cannot get preprocessing wrong.
-
-``"imagenet"`` weights are looked up in Keras' own cache (``$KERAS_HOME/models``, under the file
-name keras.applications uses) and, for the vendored ``mobilenet_0.25``, in featx's package data;
-a file missing from both is downloaded the way keras.applications does, from the same address (or
-the mirror ``FEATX_WEIGHTS_MIRROR`` / ``weights_mirror=``), verified and saved into that cache
-(featx.download). Offline mode (``FEATX_OFFLINE=1`` / ``offline=True``) never touches the network.
-A file path is loaded as given; ``"none"`` builds random weights and says so everywhere.
+Its own normalisation lives inside the model (stock Keras layers), so any backend and device gets the
+same bytes and callers cannot get preprocessing wrong. Which backbones exist is featx.registry; where
+their weights come from (Keras cache, vendored, download, a file, random) is featx.weightfiles; both
+are re-exported here, so ``from featx.backbones import …`` stays the one public entry point.
 
 ``views`` (the image and its mirror, and crops, averaged) and ``layers`` (several pooled blocks from one
 pass, side by side) are built into the same model (featx.featuresets).
@@ -22,15 +18,23 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from featx.config import DEFAULT_BACKBONE  # noqa: F401  (its home is featx.config)
+from featx.registry import (  # noqa: F401  (re-exported: featx.backbones is the public entry point)
+    POOLINGS, REGISTRY, VENDORED_BACKBONE, VENDORED_DIR, BackboneSpec, UnknownBackbone, describe_backbones, get_spec,
+    normalize_size,
+)
 from featx.runtime import load_backend
+from featx.weightfiles import (  # noqa: F401  (re-exported)
+    WeightsSource, WeightsUnavailable, find_imagenet_weights, keras_cache_dir, planned_weights, resolve_weights,
+    sha256_file, weights_download_url,
+)
+
+if TYPE_CHECKING:
+    from featx.config import BackboneConfig
 
 log = logging.getLogger("featx")
 
@@ -41,300 +45,6 @@ log = logging.getLogger("featx")
 PREPROCESSING_VERSION = 3
 #: How pixels reach the model size (recorded in the fingerprint).
 RESIZE_METHOD = "jpeg-dct-eighths+pillow-bilinear-squash"
-POOLINGS = ("avg", "max")
-VENDORED_DIR = Path(__file__).parent / "weights"
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """What featx knows about one keras.applications constructor."""
-
-    name: str  # registry name, e.g. "mobilenet_0.25"
-    constructor: str  # attribute of keras.applications, e.g. "MobileNet"
-    input_size: int  # default square input size in pixels
-    feature_dim: int  # width of the pooled last conv block
-    preprocessing: str  # "tf" ([-1, 1]), "torch" (ImageNet mean/std), "caffe" (BGR, mean), "none" (in-model)
-    weights_file: str  # the file name keras.applications caches in $KERAS_HOME/models
-    min_size: int = 32
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    vendored: str | None = None  # file name under featx/weights, if shipped with featx
-    vendored_sha256: str | None = None
-    weights_url: str = ""  # where keras.applications downloads weights_file from
-    weights_hash: str | None = None  # the md5 (32 hex) or sha256 (64 hex) Keras publishes for it, if any
-    download_mb: float | None = None  # about how large the download is (MB)
-
-
-#: Where keras.applications' weight files live (its modules' BASE_WEIGHTS_PATH / WEIGHTS_PATH_NO_TOP).
-KERAS_WEIGHTS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
-
-
-def _keras_url(folder: str, fname: str) -> str:
-    return f"{KERAS_WEIGHTS_BASE}{folder}/{fname}"
-
-
-def _mobilenet(alpha: float, text: str, mb: float, vendored: bool = False) -> BackboneSpec:
-    fname = f"mobilenet_{text}_224_tf_no_top.h5"  # Keras publishes no hash for MobileNet files
-    return BackboneSpec(
-        name="mobilenet" if alpha == 1.0 else f"mobilenet_{alpha:g}",
-        constructor="MobileNet",
-        input_size=224,
-        feature_dim=int(1024 * alpha),
-        preprocessing="tf",
-        weights_file=fname,
-        kwargs={"alpha": alpha},
-        vendored=fname if vendored else None,
-        vendored_sha256=(
-            "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf" if vendored else None
-        ),
-        weights_url=_keras_url("mobilenet", fname),
-        download_mb=mb,
-    )
-
-
-def _efficientnet(b: int, size: int, dim: int, md5: str, mb: float) -> BackboneSpec:
-    fname = f"efficientnetb{b}_notop.h5"
-    return BackboneSpec(
-        f"efficientnetb{b}", f"EfficientNetB{b}", size, dim, "none", fname,
-        weights_url=f"https://storage.googleapis.com/keras-applications/{fname}", weights_hash=md5,
-        download_mb=mb,
-    )
-
-
-# Addresses and hashes are keras.applications' own (Keras 3; tests/test_weights_download.py checks
-# them against the installed Keras); sizes are approximate and only for `featx backbones`.
-_SPECS = [
-    BackboneSpec("vgg16", "VGG16", 224, 512, "caffe", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                 weights_url=_keras_url("vgg16", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-                 weights_hash="6d6bbae143d832006294945121d1f1fc", download_mb=58.9),
-    BackboneSpec("resnet50", "ResNet50", 224, 2048, "caffe", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                 weights_url=_keras_url("resnet", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-                 weights_hash="4d473c1dd8becc155b73f8504c6f6626", download_mb=94.8),
-    BackboneSpec("resnet50v2", "ResNet50V2", 224, 2048, "tf", "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                 weights_url=_keras_url("resnet", "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-                 weights_hash="fac2f116257151a9d068a22e544a4917", download_mb=94.7),
-    _mobilenet(1.0, "1_0", 17.2),
-    _mobilenet(0.75, "7_5", 10.6),
-    _mobilenet(0.5, "5_0", 5.6),
-    _mobilenet(0.25, "2_5", 2.1, vendored=True),
-    BackboneSpec("mobilenetv2", "MobileNetV2", 224, 1280, "tf",
-                 "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-                 weights_url=_keras_url("mobilenet_v2",
-                                        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
-                 download_mb=9.4),  # no published hash
-    BackboneSpec("mobilenetv3small", "MobileNetV3Small", 224, 576, "none",
-                 "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
-                 weights_url=_keras_url("mobilenet_v3", "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
-                 weights_hash="d3e8ec802a04aa4fc771ee12a9a9b836", download_mb=4.3),
-    BackboneSpec("mobilenetv3large", "MobileNetV3Large", 224, 960, "none",
-                 "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
-                 weights_url=_keras_url("mobilenet_v3", "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
-                 weights_hash="07fb09a5933dd0c8eaafa16978110389", download_mb=12.7),
-    _efficientnet(0, 224, 1280, "50bc09e76180e00e4465e1a485ddc09d", 16.7),
-    _efficientnet(1, 240, 1280, "74c4e6b3e1f6a1eea24c589628592432", 27.0),
-    _efficientnet(2, 260, 1408, "111f8e2ac8aa800a7a99e3239f7bfb39", 31.8),
-    _efficientnet(3, 300, 1536, "af6d107764bb5b1abb91932881670226", 43.9),
-    BackboneSpec("efficientnetv2b0", "EfficientNetV2B0", 224, 1280, "none", "efficientnetv2-b0_notop.h5",
-                 weights_url=_keras_url("efficientnet_v2", "efficientnetv2-b0_notop.h5"),
-                 weights_hash="893217f2bb855e2983157299931e43ff", download_mb=24.3),
-    BackboneSpec("densenet121", "DenseNet121", 224, 1024, "torch",
-                 "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                 weights_url=_keras_url("densenet", "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-                 weights_hash="30ee3e1110167f948a6b9946edeeb738", download_mb=29.1),
-    BackboneSpec("inceptionv3", "InceptionV3", 299, 2048, "tf",
-                 "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", min_size=75,
-                 weights_url=_keras_url("inception_v3", "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-                 weights_hash="bcbd6486424b2319ff4ef7d526e38f63", download_mb=87.9),
-    BackboneSpec("xception", "Xception", 299, 2048, "tf",
-                 "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", min_size=71,
-                 weights_url=_keras_url("xception", "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-                 weights_hash="b0042744bf5b25fce3cb969f33bebb97", download_mb=83.7),
-    BackboneSpec("convnexttiny", "ConvNeXtTiny", 224, 768, "none", "convnext_tiny_notop.h5",
-                 weights_url=_keras_url("convnext", "convnext_tiny_notop.h5"),
-                 weights_hash="d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1",
-                 download_mb=111.7),
-]
-REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in _SPECS}
-VENDORED_BACKBONE = "mobilenet_0.25"
-
-
-class UnknownBackbone(ValueError):
-    pass
-
-
-class WeightsUnavailable(FileNotFoundError):
-    """Pretrained weights cannot be had (offline mode, a failed or refused download, a missing file);
-    the message says which file, from where, and how to provide it."""
-
-
-def get_spec(name: str) -> BackboneSpec:
-    key = name.strip().lower().replace("-", "").replace(" ", "")
-    aliases = {"mobilenet_1.0": "mobilenet", "mobilenet_1": "mobilenet", "mobilenet0.25": "mobilenet_0.25"}
-    key = aliases.get(key, key)
-    if key not in REGISTRY:
-        raise UnknownBackbone(
-            f"unknown backbone {name!r}; choose one of: {', '.join(REGISTRY)} (see `featx backbones`)"
-        )
-    return REGISTRY[key]
-
-
-def keras_cache_dir() -> Path:
-    """Where keras.applications caches downloaded weights: $KERAS_HOME/models (default ~/.keras/models)."""
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return Path(home) / "models"
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    kind: str  # "imagenet", "file" or "none"
-    path: Path | None  # the file that will be loaded (None for random weights)
-    origin: str  # human description: "Keras cache", "vendored with featx", "downloaded from URL", "user file", "random"
-    url: str | None = None  # the address the file was downloaded from in this process (None: not downloaded)
-
-    def to_dict(self) -> dict:
-        """Where the weights came from, for summaries (not part of the fingerprint: the same bytes
-        from Keras' address, a mirror or a hand copy are the same weights, told by weights_sha256)."""
-        return {"kind": self.kind, "origin": self.origin, "path": None if self.path is None else str(self.path),
-                "url": self.url}
-
-
-def find_imagenet_weights(spec: BackboneSpec) -> Path | None:
-    """The ImageNet weights file for `spec` if it is available without a download, else None."""
-    cached = keras_cache_dir() / spec.weights_file
-    if cached.is_file():
-        return cached
-    if spec.vendored:
-        vendored = VENDORED_DIR / spec.vendored
-        if vendored.is_file():
-            return vendored
-    return None
-
-
-def weights_download_url(spec: BackboneSpec, mirror: str | None = None) -> str:
-    """Where `spec`'s ImageNet file would be downloaded from: the mirror (argument, else
-    FEATX_WEIGHTS_MIRROR) serving Keras' file name, else keras.applications' own address."""
-    from featx.download import mirror_url, weights_mirror
-
-    base = weights_mirror(mirror)
-    return mirror_url(base, spec.weights_file) if base else spec.weights_url
-
-
-def _no_download_message(spec: BackboneSpec, why: str) -> str:
-    cache = keras_cache_dir()
-    return (
-        f"ImageNet weights for backbone {spec.name!r} are not available {why}: the file "
-        f"{spec.weights_file!r} is not in {cache}. Provide it in one of three ways: (1) copy "
-        f"{spec.weights_file} (from {spec.weights_url}) into {cache} (set KERAS_HOME to use another Keras "
-        f"cache); (2) set FEATX_WEIGHTS_MIRROR to a base address serving {spec.weights_file} (and leave "
-        f"offline mode); (3) pass the file's path with --weights PATH (weights=PATH). "
-        f"--backbone {VENDORED_BACKBONE} needs no download at all (its weights come with featx). "
-        f"featx never falls back to random weights; use --weights none to ask for them explicitly."
-    )
-
-
-def _loads_into(spec: BackboneSpec):
-    """A check for a downloaded file Keras publishes no hash for: it must load into the backbone."""
-
-    def check(path: Path) -> None:
-        load_backend()  # first import of the backend, without its native start-up chatter
-        import keras
-
-        size = max(spec.min_size, 64)
-        net = getattr(keras.applications, spec.constructor)(
-            include_top=False, weights=None, input_shape=(size, size, 3), **spec.kwargs)
-        net.load_weights(str(path))
-
-    return check
-
-
-def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None, *,
-                    weights_mirror: str | None = None, offline: bool | None = None,
-                    progress: bool = True) -> WeightsSource:
-    """Turn the user's `weights` argument into a concrete local source, or explain what is missing.
-
-    ``"imagenet"``: the Keras cache, else the vendored file, else a download into the Keras cache
-    (from `weights_mirror` / FEATX_WEIGHTS_MIRROR, else Keras' address), verified before it is
-    kept. `offline` (default: FEATX_OFFLINE) forbids the download: a missing file is then an error.
-    """
-    from featx.download import DownloadError, check_cached, fetch, offline_mode
-
-    if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "random")):
-        return WeightsSource("none", None, "random")
-    if isinstance(weights, str) and weights.lower() == "imagenet":
-        path = find_imagenet_weights(spec)
-        if path is not None and path.parent == VENDORED_DIR:
-            return WeightsSource("imagenet", path, "vendored with featx")
-        if path is not None:
-            try:
-                _check_cached_once(str(path), spec.weights_hash, spec.weights_url, check_cached)
-            except DownloadError as exc:
-                raise WeightsUnavailable(str(exc)) from None
-            return WeightsSource("imagenet", path, "Keras cache")
-        if offline_mode(offline):
-            raise WeightsUnavailable(_no_download_message(spec, "offline (FEATX_OFFLINE / --offline is on)"))
-        url = weights_download_url(spec, weights_mirror)
-        dest = keras_cache_dir() / spec.weights_file
-        log.info("downloading ImageNet weights for %s (about %s MB) from %s into %s", spec.name,
-                 spec.download_mb or "?", url, dest.parent)
-        where = ("Check the mirror (FEATX_WEIGHTS_MIRROR)" if url != spec.weights_url else
-                 f"Check the network or proxy (HTTPS_PROXY), set FEATX_WEIGHTS_MIRROR to a mirror serving "
-                 f"{spec.weights_file}")
-        hint = (f"{where}, or copy the file into {dest.parent}, or use --backbone {VENDORED_BACKBONE} "
-                "(vendored: no download)")
-        try:
-            fetch(url, dest, expected_hash=spec.weights_hash,
-                  check=None if spec.weights_hash else _loads_into(spec), progress=progress, hint=hint)
-        except DownloadError as exc:
-            raise WeightsUnavailable(str(exc)) from None
-        return WeightsSource("imagenet", dest, f"downloaded from {url}", url=url)
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise WeightsUnavailable(
-            f"weights file {str(path)!r} does not exist (weights may be 'imagenet', 'none' or a path "
-            "to a Keras weights file such as *_notop.h5 or *.weights.h5)"
-        )
-    return WeightsSource("file", path.resolve(), "user file")
-
-
-_CHECKED: set[tuple] = set()
-
-
-def _check_cached_once(path: str, expected: str | None, url: str, check_cached) -> None:
-    """Hash a cached file against Keras' published hash once per process and file version."""
-    if expected is None:
-        return
-    st = os.stat(path)
-    key = (path, st.st_size, st.st_mtime_ns, expected)
-    if key not in _CHECKED:
-        check_cached(Path(path), expected, url)
-        _CHECKED.add(key)
-
-
-@lru_cache(maxsize=64)
-def _sha256_file_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sha256_file(path: os.PathLike | str) -> str:
-    st = os.stat(path)
-    return _sha256_file_cached(str(path), st.st_size, st.st_mtime_ns)
-
-
-def normalize_size(spec: BackboneSpec, image_size: int | tuple[int, int] | None) -> tuple[int, int]:
-    if image_size is None:
-        return (spec.input_size, spec.input_size)
-    if isinstance(image_size, int):
-        size = (image_size, image_size)
-    else:
-        size = tuple(int(v) for v in image_size)
-        if len(size) != 2:
-            raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
-    if min(size) < spec.min_size:
-        raise ValueError(f"{spec.name} needs images of at least {spec.min_size} px, got {size}")
-    return size  # type: ignore[return-value]
 
 
 def fingerprint_id(fingerprint: dict) -> str:
@@ -524,23 +234,10 @@ class Backbone:
             ).hexdigest()
         else:
             weights_sha = sha256_file(source.path)
-        fingerprint = {
-            "backbone": spec.name,
-            "weights": source.kind,
-            "weights_sha256": weights_sha,
-            "image_size": list(size),
-            "pooling": pooling if parsed or len(base.output.shape) == 4 else None,
-            "layer": layer,
-            "feature_dim": int(x.shape[-1]),
-            "preprocessing": spec.preprocessing,
-            "resize": RESIZE_METHOD,
-            "preprocessing_version": PREPROCESSING_VERSION,
-        }
-        if stddev_fix:  # only where it applies, so other backbones' stores stay valid
-            fingerprint["normalization_fix"] = "imagenet-stddev"
-        if precision != "float32":  # likewise: float32 stores (all existing ones) keep their fingerprint
-            fingerprint["precision"] = precision
-        if views != "one":  # likewise
+        pooled = pooling if parsed or len(base.output.shape) == 4 else None
+        fingerprint = _fingerprint(spec, source.kind, weights_sha, size, pooled, layer, int(x.shape[-1]), stddev_fix,
+                                   precision)
+        if views != "one":  # only when used, like precision: existing stores keep their fingerprint
             fingerprint["views"] = views
         if parsed is not None:  # likewise
             from featx.featuresets import fingerprint_sets
@@ -570,6 +267,52 @@ def _layer_output(spec: BackboneSpec, base, layer: str):
             f"backbone {spec.name!r} has no layer {layer!r}; "
             f"some of its layers: {', '.join(l.name for l in base.layers[-8:])}"
         ) from None
+
+
+def _fingerprint(spec: BackboneSpec, weights_kind: str, weights_sha: str, size: tuple[int, int], pooling: str | None,
+                 layer: str | None, feature_dim: int, stddev_fix: bool, precision: str) -> dict:
+    """The fingerprint dict, in one place for Backbone.build and planned_fingerprint (so they cannot drift)."""
+    fingerprint = {
+        "backbone": spec.name,
+        "weights": weights_kind,
+        "weights_sha256": weights_sha,
+        "image_size": list(size),
+        "pooling": pooling,
+        "layer": layer,
+        "feature_dim": feature_dim,
+        "preprocessing": spec.preprocessing,
+        "resize": RESIZE_METHOD,
+        "preprocessing_version": PREPROCESSING_VERSION,
+    }
+    if stddev_fix:  # only where it applies, so other backbones' stores stay valid
+        fingerprint["normalization_fix"] = "imagenet-stddev"
+    if precision != "float32":  # likewise: float32 stores (all existing ones) keep their fingerprint
+        fingerprint["precision"] = precision
+    return fingerprint
+
+
+def planned_fingerprint(cfg: "BackboneConfig") -> dict | None:
+    """Exactly the fingerprint ``cfg.build()`` would give, computed without Keras or a model (hashing
+    the weights file only), or None when it cannot be known so: random weights, a named `layer` (its
+    width and shape come from the model), weights that need a download, or an EfficientNet given as a
+    file (whether it needs the ImageNet std fix is read from its loaded values), or several `layers`
+    (their widths come from the model)."""
+    if cfg.layer is not None or cfg.layers is not None:
+        return None
+    spec = get_spec(cfg.name)
+    size = normalize_size(spec, cfg.image_size)
+    source = planned_weights(cfg)
+    if source is None:
+        return None
+    # Keras' ImageNet release of EfficientNet B0-B7 (hash-checked when cached) always needs the fix
+    stddev_fix = spec.constructor.startswith("EfficientNetB")
+    if stddev_fix and source.kind != "imagenet":
+        return None
+    fingerprint = _fingerprint(spec, source.kind, sha256_file(source.path), size, cfg.pooling, None,
+                               spec.feature_dim, stddev_fix, cfg.precision)
+    if cfg.views != "one":  # as Backbone.build records it
+        fingerprint["views"] = cfg.views
+    return fingerprint
 
 
 #: The ImageNet standard deviations (RGB) that keras.applications' EfficientNet (B0-B7) weight
@@ -662,44 +405,6 @@ def _pool(x, pooling: str, suffix: str):
     if len(x.shape) != 2:
         return keras.layers.Flatten(name=f"featx_flatten{suffix}")(x)
     return x
-
-
-def describe_backbones(*, weights_mirror: str | None = None, offline: bool | None = None) -> list[dict]:
-    """One row per registry entry, for `featx backbones` (touches no network).
-
-    ``weights``: "vendored" (ships with featx), "cached" (in the Keras cache), "download" (fetched
-    on first use from ``weights_url``, about ``download_mb`` MB) or "missing" (offline mode on).
-    """
-    from featx.download import offline_mode
-
-    off = offline_mode(offline)
-    rows = []
-    for spec in REGISTRY.values():
-        path = find_imagenet_weights(spec)
-        if path is not None:
-            status = "vendored" if path.parent == VENDORED_DIR else "cached"
-        else:
-            status = "missing" if off else "download"
-        rows.append(
-            {
-                "name": spec.name,
-                "keras_application": spec.constructor + (
-                    f"(alpha={spec.kwargs['alpha']})" if "alpha" in spec.kwargs else ""
-                ),
-                "input_size": spec.input_size,
-                "feature_dim": spec.feature_dim,
-                "preprocessing": spec.preprocessing,
-                "weights_file": spec.weights_file,
-                "weights": status,
-                "imagenet_offline": path is not None,
-                "weights_path": str(path) if path else None,
-                "weights_url": None if status == "vendored" else weights_download_url(spec, weights_mirror),
-                "weights_hash": spec.weights_hash,
-                "download_mb": spec.download_mb,
-                "default": spec.name == DEFAULT_BACKBONE,
-            }
-        )
-    return rows
 
 
 # -- one built model per configuration and process ----------------------------------------------------------------

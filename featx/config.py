@@ -95,11 +95,12 @@ class BackboneConfig:
         changed = {k: v for k, v in canonical.items() if getattr(self, k) != v}
         return replace(self, **changed) if changed else self
 
-    def build(self) -> "Backbone":
-        """A new backbone of these settings (featx.backbones.Backbone.build)."""
+    def build(self, *, seed: int = 0) -> "Backbone":
+        """A new backbone of these settings (featx.backbones.Backbone.build); ``seed`` seeds random
+        weights (``weights=None``) and nothing else."""
         from featx.backbones import Backbone
 
-        return Backbone.build(self.name, **self._build_kwargs())
+        return Backbone.build(self.name, seed=seed, **self._build_kwargs())
 
     def shared(self) -> "Backbone":
         """The process-wide backbone of these settings, built once (featx.backbones.shared_backbone)."""

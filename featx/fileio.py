@@ -10,18 +10,24 @@ then the folder is fsynced so the rename itself is durable.
 * :func:`replace_atomically`, :func:`fsync_path`, :func:`fsync_dir` — the low-level pieces, for
   callers that name or fill their temporary files themselves (the store's main file and journal
   parts, whose names their cleanup looks for; weight downloads, streamed under a lock).
+* :func:`json_default` — the ``default=`` of ``json.dumps`` for the metadata featx writes into its
+  files (classifier files, fine-tuned models).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 __all__ = ["fsync_path", "fsync_dir", "replace_atomically", "temporary_name", "write_bytes_atomically",
-           "atomic_output"]
+           "atomic_output", "json_default"]
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -84,3 +90,17 @@ def atomic_output(target: str | os.PathLike, *, suffix: str = ".tmp") -> Iterato
         replace_atomically(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def json_default(obj: Any) -> Any:
+    """Plain JSON types for the values callers naturally have at hand (numpy scalars and arrays,
+    paths, result dataclasses); anything else raises TypeError, as ``json.dumps`` expects."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON-able")

@@ -1,4 +1,8 @@
-"""Metrics, text reports and confusion-matrix figures for one model on one split."""
+"""Metrics, text reports and confusion-matrix figures for one model on one split.
+
+:func:`evaluate` gives every score of one set of predictions, with 95% intervals of accuracy (Wilson)
+and macro F1 (stratified bootstrap) from :mod:`featx.stats`; :func:`format_report` prints it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,12 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
-__all__ = ["evaluate", "format_report", "format_table", "save_confusion_png"]
+from featx import stats
+
+__all__ = ["evaluate", "format_interval", "format_report", "format_table", "most_confidently_wrong",
+           "save_confusion_png"]
+
+BOOTSTRAP_RESAMPLES = 1000  # macro F1 interval: Monte Carlo error of its ends well under 0.01
 
 
 def _as_label_indices(values: Any, n_labels: int, what: str) -> np.ndarray:
@@ -42,8 +51,39 @@ def _positive_scores(y_score: Any, n: int) -> np.ndarray:
     return scores
 
 
+def _checked_labels(y_true: Any, y_pred: Any, label_names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Both label arrays as int64 indices into the (validated) class names, or a clear ValueError."""
+    label_names = [str(n) for n in label_names]
+    k = len(label_names)
+    if k == 0:
+        raise ValueError("label_names is empty")
+    if len(set(label_names)) != k:
+        raise ValueError("label_names contains duplicates")
+    y_true = _as_label_indices(y_true, k, "y_true")
+    y_pred = _as_label_indices(y_pred, k, "y_pred")
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in length: {y_true.size} vs {y_pred.size}")
+    if y_true.size == 0:
+        raise ValueError("cannot evaluate zero predictions")
+    return y_true, y_pred, label_names
+
+
+def _intervals(y_true: np.ndarray, y_pred: np.ndarray, confidence: float, seed: int) -> dict:
+    """``accuracy_ci`` (Wilson) and ``macro_f1_ci`` (stratified bootstrap), each naming its method."""
+    n, correct = int(y_true.size), int(np.sum(y_true == y_pred))
+    acc_low, acc_high = stats.wilson_interval(correct, n, confidence)
+    f1_low, f1_high = stats.bootstrap_interval(y_true, y_pred, stats.macro_f1, confidence=confidence,
+                                               n_resamples=BOOTSTRAP_RESAMPLES, seed=seed)
+    return {
+        "accuracy_ci": {"low": acc_low, "high": acc_high, "confidence": confidence, "method": "Wilson score"},
+        "macro_f1_ci": {"low": f1_low, "high": f1_high, "confidence": confidence,
+                        "method": f"stratified bootstrap, {BOOTSTRAP_RESAMPLES} resamples, percentile, seed {seed}"},
+    }
+
+
 def evaluate(
-    y_true: Any, y_pred: Any, *, label_names: list[str], y_score: Any = None
+    y_true: Any, y_pred: Any, *, label_names: list[str], y_score: Any = None,
+    confidence: float | None = stats.CONFIDENCE, seed: int = 0,
 ) -> dict:
     """Metrics of one set of predictions, as a JSON-able dict.
 
@@ -57,6 +97,10 @@ def evaluate(
     y_score : array-like, optional
         Scores for ROC-AUC, binary problems only: probabilities (n, 2) or
         decision values (n,), larger meaning class 1.
+    confidence : float or None
+        Level of the intervals ``accuracy_ci`` and ``macro_f1_ci`` (None: leave them out).
+    seed : int
+        Seed of the bootstrap behind ``macro_f1_ci`` (same input, same interval).
 
     Returns
     -------
@@ -65,24 +109,12 @@ def evaluate(
         ``f1`` (averaged, as sklearn does, over the classes present in
         ``y_true`` or ``y_pred``), ``per_class`` {name: {precision, recall, f1,
         support}}, ``confusion_matrix`` (rows true, columns predicted),
-        ``labels``, ``n`` and ``roc_auc`` (None unless binary with scores and
-        both classes present). Undefined ratios count as 0, without warnings.
+        ``labels``, ``n``, ``roc_auc`` (None unless binary with scores and
+        both classes present) and ``accuracy_ci`` / ``macro_f1_ci`` ({low, high,
+        confidence, method}: see featx.stats). Undefined ratios count as 0, without warnings.
     """
-    label_names = [str(n) for n in label_names]
-    k = len(label_names)
-    if k == 0:
-        raise ValueError("label_names is empty")
-    if len(set(label_names)) != k:
-        raise ValueError("label_names contains duplicates")
-    y_true = _as_label_indices(y_true, k, "y_true")
-    y_pred = _as_label_indices(y_pred, k, "y_pred")
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"y_true and y_pred differ in length: {y_true.size} vs {y_pred.size}")
-    n = int(y_true.size)
-    if n == 0:
-        raise ValueError("cannot evaluate zero predictions")
-
-    labels = np.arange(k)
+    y_true, y_pred, label_names = _checked_labels(y_true, y_pred, label_names)
+    n, labels = int(y_true.size), np.arange(len(label_names))
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average=None, zero_division=0
@@ -96,31 +128,19 @@ def evaluate(
     row_totals = cm.sum(axis=1)
     present = row_totals > 0
     balanced = float(np.mean(np.diag(cm)[present] / row_totals[present]))
-
     roc_auc = None
-    if y_score is not None and k == 2 and present.all():
+    if y_score is not None and len(label_names) == 2 and present.all():
         roc_auc = float(roc_auc_score(y_true, _positive_scores(y_score, n)))
-
-    return {
-        "n": n,
-        "labels": label_names,
-        "accuracy": float(np.trace(cm) / n),
-        "balanced_accuracy": balanced,
-        "precision": float(macro_p),
-        "recall": float(macro_r),
-        "f1": float(macro_f1),
-        "roc_auc": roc_auc,
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(label_names)
-        },
-        "confusion_matrix": cm.astype(int).tolist(),
+    per_class = {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                        "support": int(support[i])} for i, name in enumerate(label_names)}
+    result = {
+        "n": n, "labels": label_names, "accuracy": float(np.trace(cm) / n), "balanced_accuracy": balanced,
+        "precision": float(macro_p), "recall": float(macro_r), "f1": float(macro_f1), "roc_auc": roc_auc,
+        "per_class": per_class, "confusion_matrix": cm.astype(int).tolist(),
     }
+    if confidence is not None:
+        result.update(_intervals(y_true, y_pred, confidence, seed))
+    return result
 
 
 # --------------------------------------------------------------------------
@@ -201,23 +221,37 @@ def _format_confusion(cm: list[list[int]], names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def format_interval(ci: dict, digits: int = 3) -> str:
+    """An interval of featx.stats as "[low, high]".
+
+    >>> format_interval({"low": 0.91234, "high": 0.9561})
+    '[0.912, 0.956]'
+    """
+    return f"[{ci['low']:.{digits}f}, {ci['high']:.{digits}f}]"
+
+
 def format_report(result: dict, *, title: str | None = None) -> str:
     """Readable terminal report of an :func:`evaluate` result."""
     lines: list[str] = []
     if title:
         lines += [title, "=" * len(title)]
     headline = [
-        ("accuracy", result["accuracy"]),
-        ("balanced accuracy", result["balanced_accuracy"]),
-        ("precision (macro)", result["precision"]),
-        ("recall (macro)", result["recall"]),
-        ("f1 (macro)", result["f1"]),
+        ("accuracy", result["accuracy"], result.get("accuracy_ci")),
+        ("balanced accuracy", result["balanced_accuracy"], None),
+        ("precision (macro)", result["precision"], None),
+        ("recall (macro)", result["recall"], None),
+        ("f1 (macro)", result["f1"], result.get("macro_f1_ci")),
     ]
     if result.get("roc_auc") is not None:
-        headline.append(("ROC-AUC", result["roc_auc"]))
-    width = max(len(k) for k, _ in headline)
+        headline.append(("ROC-AUC", result["roc_auc"], None))
+    width = max(len(k) for k, _, _ in headline)
     lines.append(f"{'examples'.ljust(width)}  {result['n']}")
-    lines += [f"{k.ljust(width)}  {v:.4f}" for k, v in headline]
+    lines += [f"{k.ljust(width)}  {v:.4f}" + (f"  {format_interval(ci)}" if ci else "") for k, v, ci in headline]
+    intervals = [f"{name} {ci['method']}" for name, ci in (("accuracy:", result.get("accuracy_ci")),
+                                                           ("f1:", result.get("macro_f1_ci"))) if ci]
+    if intervals:
+        level = result.get("accuracy_ci", result.get("macro_f1_ci"))["confidence"]
+        lines.append(f"[{level:.0%} intervals; {'; '.join(intervals)}]")
 
     lines += ["", "per class:"]
     rows = [{"class": name, **vals} for name, vals in result["per_class"].items()]
@@ -281,20 +315,27 @@ def save_confusion_png(result: dict, path: str | os.PathLike, *, title: str | No
     fig.savefig(os.fspath(path), format="png", dpi=120, bbox_inches="tight")
 
 
+CONFIDENCE_KINDS = ("probability", "margin")
+
+
 def most_confidently_wrong(
-    paths: list[str], y_true: Any, y_pred: Any, confidence: Any, label_names: list[str], *, k: int = 12
+    paths: list[str], y_true: Any, y_pred: Any, confidence: Any, label_names: list[str], *, k: int = 12,
+    confidence_kind: str = "probability",
 ) -> list[dict]:
     """The `k` misclassified images with the highest confidence, most confident first.
 
-    ``confidence`` is whatever the model ranks by (a probability, or an SVM margin); ties keep
-    input order so the list is deterministic.
+    ``confidence`` is whatever the model ranks by, and ``confidence_kind`` says which it is
+    ("probability" of the predicted class, or an SVM decision "margin"), so a report can label
+    the number; ties keep input order so the list is deterministic.
 
-    >>> most_confidently_wrong(["a", "b", "c"], [0, 1, 1], [1, 1, 0], [0.6, 0.9, 0.8], ["cat", "dog"])
-    [{'path': 'c', 'true': 'dog', 'pred': 'cat', 'confidence': 0.8}, {'path': 'a', 'true': 'cat', 'pred': 'dog', 'confidence': 0.6}]
+    >>> most_confidently_wrong(["a", "b", "c"], [0, 1, 1], [1, 1, 0], [0.6, 0.9, 0.8], ["cat", "dog"])[0]
+    {'path': 'c', 'true': 'dog', 'pred': 'cat', 'confidence': 0.8, 'confidence_kind': 'probability'}
     """
+    if confidence_kind not in CONFIDENCE_KINDS:
+        raise ValueError(f"confidence_kind must be one of {CONFIDENCE_KINDS}, got {confidence_kind!r}")
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     confidence = np.asarray(confidence, dtype=float)
     wrong = np.flatnonzero(y_true != y_pred)
     order = wrong[np.argsort(-confidence[wrong], kind="stable")][:k]
     return [{"path": str(paths[i]), "true": label_names[int(y_true[i])], "pred": label_names[int(y_pred[i])],
-             "confidence": float(confidence[i])} for i in order]
+             "confidence": float(confidence[i]), "confidence_kind": confidence_kind} for i in order]

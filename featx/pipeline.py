@@ -278,7 +278,6 @@ def run(
     # waits for decoding; an explicit `workers` is taken as it is.
     max_workers = workers or 2 * default_workers()
     workers = workers or default_workers()
-    height, width = image_size
 
     defer = None if batch_decoder is None else (lambda data: batch_decoder.accepts(data, max_pixels))
 
@@ -287,55 +286,87 @@ def run(
                                  defer=defer)
 
     def timed_out(item: Item) -> tuple[Item, Decoded]:
-        # Nothing is known about the file: touching it again (even a stat) could hang as well.
-        skip = Skip("timeout", (
-            f"reading and decoding took longer than the per-image limit of {image_timeout:g} s "
-            "(--image-timeout); abandoned so the run could go on. A hung disk or network share, or a "
-            "pathological file: check that it opens in an image viewer"))
-        return item, Decoded(os.fsdecode(item.path), "", -1, -1, None, skip)
+        return item, _timeout_decoded(item, image_timeout)
 
-    buffer = np.zeros((batch_size, height, width, 3), np.uint8)
-    result = BatchResult()
-    deferred: list[tuple[Item, Decoded]] = []  # taken by batch_decoder, decoded when the batch is full
-
-    def add(item: Item, decoded: Decoded) -> None:
-        if decoded.skip is not None:
-            result.skipped.append((item, decoded))
-        elif decoded.pixels is None:
-            result.reused.append((item, decoded))
-        else:
-            buffer[len(result.computed)] = decoded.pixels
-            # keep only metadata: the pixels now live in the batch buffer
-            result.computed.append((item, replace(decoded, pixels=None)))
-
-    def decode_deferred_batch() -> None:
-        pixels = batch_decoder.decode([d.encoded for _, d in deferred], image_size)
-        for (item, decoded), rgb in zip(deferred, pixels):
-            if rgb is None:  # the batched decoder failed on it: the CPU decoder decodes it or says why not
-                add(item, decode_deferred(decoded, image_size, max_pixels=max_pixels))
-            else:
-                add(item, replace(decoded, pixels=rgb, encoded=None))
-        deferred.clear()
-
+    batches = _BatchFiller(batch_size, image_size, batch_decoder, max_pixels)
     window = max(2 * batch_size, 4 * max_workers)
     for item, decoded in ordered_map(work, items, workers=workers, window=window, timeout=image_timeout,
                                      on_timeout=timed_out, max_workers=max_workers):
-        if decoded.encoded is not None:
-            deferred.append((item, decoded))
-        else:
-            add(item, decoded)
-        if deferred and len(result.computed) + len(deferred) == batch_size:
-            decode_deferred_batch()  # fills the batch, less any it had to skip
-        if len(result.computed) == batch_size:
-            result.features = predict(buffer)
-            yield result
-            result = BatchResult()
-    if deferred:
-        decode_deferred_batch()
-    if result.computed:
-        n = len(result.computed)
-        buffer[n:] = 0
-        result.features = predict(buffer)[:n]
-    if len(result):
-        yield result
+        batches.take(item, decoded)
+        if batches.full():
+            yield batches.predict(predict)
+    last = batches.finish(predict)
+    if len(last):
+        yield last
 
+
+def _timeout_decoded(item: Item, image_timeout: float | None) -> Decoded:
+    # Nothing is known about the file: touching it again (even a stat) could hang as well.
+    skip = Skip("timeout", (
+        f"reading and decoding took longer than the per-image limit of {image_timeout:g} s "
+        "(--image-timeout); abandoned so the run could go on. A hung disk or network share, or a "
+        "pathological file: check that it opens in an image viewer"))
+    return Decoded(os.fsdecode(item.path), "", -1, -1, None, skip)
+
+
+class _BatchFiller:
+    """Sorts decoded items into one BatchResult and its fixed-shape uint8 batch buffer.
+
+    Files the batch decoder took (``Decoded.encoded``) wait in `deferred` until, with the decoded
+    ones, they would fill the batch; then they are decoded together.
+    """
+
+    def __init__(self, batch_size: int, image_size: tuple[int, int], batch_decoder: Any, max_pixels: int) -> None:
+        height, width = image_size
+        self.batch_size, self.image_size = batch_size, image_size
+        self.batch_decoder, self.max_pixels = batch_decoder, max_pixels
+        self.buffer = np.zeros((batch_size, height, width, 3), np.uint8)
+        self.result = BatchResult()
+        self.deferred: list[tuple[Item, Decoded]] = []  # taken by batch_decoder, decoded when the batch is full
+
+    def take(self, item: Item, decoded: Decoded) -> None:
+        if decoded.encoded is not None:
+            self.deferred.append((item, decoded))
+        else:
+            self._add(item, decoded)
+        if self.deferred and len(self.result.computed) + len(self.deferred) == self.batch_size:
+            self._decode_deferred()  # fills the batch, less any it had to skip
+
+    def full(self) -> bool:
+        return len(self.result.computed) == self.batch_size
+
+    def predict(self, predict: Callable[[np.ndarray], np.ndarray]) -> BatchResult:
+        """The full batch's result with its features; the next batch starts empty."""
+        result, self.result = self.result, BatchResult()
+        result.features = predict(self.buffer)
+        return result
+
+    def finish(self, predict: Callable[[np.ndarray], np.ndarray]) -> BatchResult:
+        """The last, partial batch: padded with zeros to the fixed shape, its features cut back."""
+        if self.deferred:
+            self._decode_deferred()
+        result = self.result
+        if result.computed:
+            n = len(result.computed)
+            self.buffer[n:] = 0
+            result.features = predict(self.buffer)[:n]
+        return result
+
+    def _add(self, item: Item, decoded: Decoded) -> None:
+        if decoded.skip is not None:
+            self.result.skipped.append((item, decoded))
+        elif decoded.pixels is None:
+            self.result.reused.append((item, decoded))
+        else:
+            self.buffer[len(self.result.computed)] = decoded.pixels
+            # keep only metadata: the pixels now live in the batch buffer
+            self.result.computed.append((item, replace(decoded, pixels=None)))
+
+    def _decode_deferred(self) -> None:
+        pixels = self.batch_decoder.decode([d.encoded for _, d in self.deferred], self.image_size)
+        for (item, decoded), rgb in zip(self.deferred, pixels):
+            if rgb is None:  # the batched decoder failed on it: the CPU decoder decodes it or says why not
+                self._add(item, decode_deferred(decoded, self.image_size, max_pixels=self.max_pixels))
+            else:
+                self._add(item, replace(decoded, pixels=rgb, encoded=None))
+        self.deferred.clear()

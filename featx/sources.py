@@ -15,7 +15,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -202,13 +202,36 @@ def from_csv(
     manifest_path = Path(manifest).expanduser()
     root = manifest_path.resolve().parent
     declared = _declared(label_names)
-    # strict: an unbalanced quote is an error here, not a field that silently swallows the rest of the file
-    reader = csv.reader(io.StringIO(_read_manifest_text(manifest_path), newline=""), strict=True)
     where = str(manifest_path)
+    records = _csv_records(_read_manifest_text(manifest_path), where)
+    first = next(records, None)
+    if first is None:
+        raise SourceError(f"manifest {where} is empty (expected a header line path,label[,split], then rows)")
+    header, columns = _manifest_header(first[1], f"{where}:{first[0]}")
     items: list[Item] = []
-    seen: dict[str, tuple[int, str]] = {}
-    header: list[str] | None = None
-    columns: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}  # rel path -> (line, label) where it was first listed
+    for lineno, fields in records:
+        at = f"{where}:{lineno}"
+        path, label, split = _manifest_row(fields, header, columns, at, declared)
+        full, rel = _manifest_file(path, root, at, allow_outside_root)
+        if rel in seen:
+            first_line, first_label = seen[rel]
+            same = "with the same label" if first_label == label else f"with label {first_label!r}, here {label!r}"
+            raise SourceError(f"{at}: {path!r} is the same file as line {first_line} ({same}); "
+                              "list each image once")
+        seen[rel] = (lineno, label)
+        items.append(Item(str(full), rel, label, _split_name(split, path, at)))
+    if not items:
+        raise SourceError(f"manifest {where} has a header but no rows")
+    names = sorted({item.label for item in items})
+    method = {"method": "manifest"} if "split" in columns else {}
+    return ImageSet(items, display_path(str(root)), "csv", names, method)
+
+
+def _csv_records(text: str, where: str) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, fields) of each non-blank CSV record."""
+    # strict: an unbalanced quote is an error here, not a field that silently swallows the rest of the file
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     last_line = 0
     while True:
         try:
@@ -217,87 +240,88 @@ def from_csv(
             # report where the bad record starts: an unclosed quote is only noticed at the end
             raise SourceError(f"{where}:{last_line + 1}: not valid CSV: {exc} (an unbalanced double quote?)") from None
         if fields is None:
-            break
+            return
         lineno, last_line = last_line + 1, reader.line_num  # first line of this record
-        if not any(f.strip() for f in fields):
-            continue  # blank line
-        if header is None:
-            header = [f.strip().lower() for f in fields]
-            for i, name in enumerate(header):
-                if name and name in columns:
-                    raise SourceError(f"{where}:{lineno}: column {name!r} appears twice in the header {fields}")
-                columns.setdefault(name, i)
-            missing = [c for c in ("path", "label") if c not in columns]
-            if missing:
-                hint = (" (it looks like data: add a header line path,label[,split] at the top)"
-                        if _is_image_name(fields[0].strip()) else "")
-                raise SourceError(
-                    f"{where}:{lineno}: the header needs columns path,label[,split]; it has {fields}, "
-                    f"without {', '.join(missing)}{hint}"
-                )
-            continue
-        if len(fields) > len(header):
+        if any(f.strip() for f in fields):
+            yield lineno, fields
+
+
+def _manifest_header(fields: list[str], at: str) -> tuple[list[str], dict[str, int]]:
+    """The header's lower-cased names and each column's index; path and label are required."""
+    header = [f.strip().lower() for f in fields]
+    columns: dict[str, int] = {}
+    for i, name in enumerate(header):
+        if name and name in columns:
+            raise SourceError(f"{at}: column {name!r} appears twice in the header {fields}")
+        columns.setdefault(name, i)
+    missing = [c for c in ("path", "label") if c not in columns]
+    if missing:
+        hint = (" (it looks like data: add a header line path,label[,split] at the top)"
+                if _is_image_name(fields[0].strip()) else "")
+        raise SourceError(
+            f"{at}: the header needs columns path,label[,split]; it has {fields}, "
+            f"without {', '.join(missing)}{hint}"
+        )
+    return header, columns
+
+
+def _manifest_row(
+    fields: list[str], header: list[str], columns: dict[str, int], at: str, declared: set[str] | None
+) -> tuple[str, str, str | None]:
+    """A data row's (path, label, split as written; None without a split column), checked."""
+    if len(fields) > len(header):
+        raise SourceError(
+            f"{at}: {len(fields)} fields but the header has {len(header)} "
+            "(a comma inside a path or label? put that value in double quotes)"
+        )
+    row = {name: (fields[i].strip() if i < len(fields) else "") for name, i in columns.items()}
+    path, label = row["path"], row["label"]
+    if not path:
+        raise SourceError(f"{at}: empty path")
+    if _URL.match(path):
+        raise SourceError(f"{at}: {path!r} is a URL; featx reads local files (download the images first)")
+    if not label:
+        raise SourceError(f"{at}: empty label for {path!r} (every row needs its class name)")
+    if declared is not None and label not in declared:
+        close = difflib.get_close_matches(label, sorted(declared), n=1)
+        raise SourceError(
+            f"{at}: unknown label {label!r} for {path!r}; the declared labels are "
+            f"{', '.join(sorted(declared))}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        )
+    return path, label, row.get("split")
+
+
+def _manifest_file(path: str, root: Path, at: str, allow_outside_root: bool) -> tuple[Path, str]:
+    """The resolved file a manifest path names, and its key: relative to ``root``, else absolute."""
+    try:
+        given = Path(path) if os.path.isabs(path) else root / path
+        full = given.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # NUL byte, symlink loop...
+        raise SourceError(f"{at}: invalid path {path!r}: {exc}") from None
+    try:
+        rel = full.relative_to(root).as_posix()
+    except ValueError:
+        if not allow_outside_root:
+            via_link = Path(os.path.normpath(given)).is_relative_to(root)
             raise SourceError(
-                f"{where}:{lineno}: {len(fields)} fields but the header has {len(header)} "
-                "(a comma inside a path or label? put that value in double quotes)"
-            )
-        row = {name: (fields[i].strip() if i < len(fields) else "") for name, i in columns.items()}
-        path, label = row["path"], row["label"]
-        if not path:
-            raise SourceError(f"{where}:{lineno}: empty path")
-        if _URL.match(path):
-            raise SourceError(
-                f"{where}:{lineno}: {path!r} is a URL; featx reads local files (download the images first)"
-            )
-        if not label:
-            raise SourceError(f"{where}:{lineno}: empty label for {path!r} (every row needs its class name)")
-        if declared is not None and label not in declared:
-            close = difflib.get_close_matches(label, sorted(declared), n=1)
-            raise SourceError(
-                f"{where}:{lineno}: unknown label {label!r} for {path!r}; the declared labels are "
-                f"{', '.join(sorted(declared))}" + (f" (did you mean {close[0]!r}?)" if close else "")
-            )
-        try:
-            given = Path(path) if os.path.isabs(path) else root / path
-            full = given.resolve()
-        except (OSError, RuntimeError, ValueError) as exc:  # NUL byte, symlink loop...
-            raise SourceError(f"{where}:{lineno}: invalid path {path!r}: {exc}") from None
-        try:
-            rel = full.relative_to(root).as_posix()
-        except ValueError:
-            if not allow_outside_root:
-                via_link = Path(os.path.normpath(given)).is_relative_to(root)
-                raise SourceError(
-                    f"{where}:{lineno}: path {path!r} is outside the manifest's folder {root}"
-                    + (f" (a symbolic link leads to {full})" if via_link else "")
-                    + "; refused (pass allow_outside_root=True / --allow-outside-root to accept)"
-                ) from None
-            rel = full.as_posix()
-        rel = display_path(rel)
-        if rel in seen:
-            first, first_label = seen[rel]
-            same = "with the same label" if first_label == label else f"with label {first_label!r}, here {label!r}"
-            raise SourceError(f"{where}:{lineno}: {path!r} is the same file as line {first} ({same}); "
-                              "list each image once")
-        seen[rel] = (lineno, label)
-        split = row.get("split")
-        if "split" in columns:
-            if not split:
-                raise SourceError(f"{where}:{lineno}: empty split for {path!r} (the manifest has a split "
-                                  "column: every row needs train, validation or test)")
-            if split.lower() not in SPLIT_ALIASES:
-                raise SourceError(
-                    f"{where}:{lineno}: unknown split {split!r} (use train, validation or test)"
-                )
-            split = SPLIT_ALIASES[split.lower()]
-        items.append(Item(str(full), rel, label, split or None))
-    if header is None:
-        raise SourceError(f"manifest {where} is empty (expected a header line path,label[,split], then rows)")
-    if not items:
-        raise SourceError(f"manifest {where} has a header but no rows")
-    names = sorted({item.label for item in items})
-    method = {"method": "manifest"} if "split" in columns else {}
-    return ImageSet(items, display_path(str(root)), "csv", names, method)
+                f"{at}: path {path!r} is outside the manifest's folder {root}"
+                + (f" (a symbolic link leads to {full})" if via_link else "")
+                + "; refused (pass allow_outside_root=True / --allow-outside-root to accept)"
+            ) from None
+        rel = full.as_posix()
+    return full, display_path(rel)
+
+
+def _split_name(split: str | None, path: str, at: str) -> str | None:
+    """A row's split in featx's words (train, validation, test); None without a split column."""
+    if split is None:
+        return None
+    if not split:
+        raise SourceError(f"{at}: empty split for {path!r} (the manifest has a split "
+                          "column: every row needs train, validation or test)")
+    if split.lower() not in SPLIT_ALIASES:
+        raise SourceError(f"{at}: unknown split {split!r} (use train, validation or test)")
+    return SPLIT_ALIASES[split.lower()]
 
 
 def from_paths(paths: Iterable[str | os.PathLike], labels: Sequence[str] | None = None) -> ImageSet:

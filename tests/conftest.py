@@ -3,6 +3,9 @@ vendored backbone (built once). Nothing here needs ../shared: the suite runs fro
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import shutil
 import subprocess
@@ -63,3 +66,52 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
         [sys.executable, "-m", "featx.cli", *args], capture_output=True, text=True, env=full_env,
         cwd=cwd, timeout=timeout,
     )
+
+
+def run_main(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the `featx` command line in this process through ``featx.cli.main``: the exit code, stdout
+    and stderr a subprocess would give, without its start-up (import of numpy, h5py, scikit-learn,
+    Keras) on every call. For behaviour (codes, messages, JSON); start-up and quietness need run_cli."""
+    from featx.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    verbose = "-v" in args or "--verbose" in args
+    # main() turns offline mode on through the environment (--offline): undone after the call like env
+    with _environ(env or {}, restore=("FEATX_OFFLINE",)), _featx_log_to(err, verbose), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    return subprocess.CompletedProcess(["featx", *args], code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def _featx_log_to(stream, verbose: bool):
+    """The log lines main()'s logging.basicConfig would print on stderr in a fresh process (in pytest's
+    process the root logger already has handlers, so basicConfig does nothing): one-line-error tests
+    see every line a user would."""
+    root, handler = logging.getLogger(), logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("featx: %(message)s"))
+    saved_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
+
+
+@contextlib.contextmanager
+def _environ(env: dict, restore: tuple = ()):
+    saved = {k: os.environ.get(k) for k in (*env, *restore)}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -15,8 +15,9 @@ import pytest
 from conftest import TEST_SIZE, photo_files
 from featx.backbones import (
     REGISTRY, VENDORED_DIR, Backbone, UnknownBackbone, WeightsUnavailable, describe_backbones, get_spec,
-    resolve_weights,
+    planned_fingerprint, resolve_weights,
 )
+from featx.config import BackboneConfig
 from featx.decode import decode_file
 
 VENDORED = VENDORED_DIR / "mobilenet_2_5_224_tf_no_top.h5"
@@ -135,6 +136,33 @@ def test_keras_cache_and_weights_path_resolve_offline(tmp_path, monkeypatch):
     rows = {r["name"]: r for r in describe_backbones()}
     assert rows["mobilenet_0.25"]["imagenet_offline"] and not rows["resnet50"]["imagenet_offline"]
 
+
+
+@pytest.mark.parametrize("settings", [
+    dict(image_size=TEST_SIZE), dict(image_size=128), dict(image_size=TEST_SIZE, pooling="max"),
+    dict(image_size=(TEST_SIZE, 128), precision="float16"), dict(image_size=TEST_SIZE, weights=str(VENDORED)),
+    dict(image_size=TEST_SIZE, weights="keras-cache"),
+], ids=["96", "128", "max", "float16", "file", "keras-cache"])
+def test_planned_fingerprint_is_the_built_one_without_keras(settings, tmp_path, monkeypatch):
+    """What extract compares with a store before building any model must be what build records."""
+    if settings.get("weights") == "keras-cache":  # imagenet weights found in the Keras cache, not the package
+        (tmp_path / "models").mkdir()
+        shutil.copy(VENDORED, tmp_path / "models" / VENDORED.name)
+        monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+        settings = {**settings, "weights": "imagenet"}
+    cfg = BackboneConfig("mobilenet_0.25", **settings)
+    planned = planned_fingerprint(cfg)
+    assert planned is not None
+    assert planned == cfg.build().fingerprint
+
+
+def test_planned_fingerprint_is_none_when_only_the_model_can_tell(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))  # mobilenet (1.0) would need a download
+    unknown = [BackboneConfig("mobilenet_0.25", image_size=TEST_SIZE, layer="conv_pw_11_relu"),
+               BackboneConfig("mobilenet_0.25", weights="none", image_size=TEST_SIZE),
+               BackboneConfig("mobilenet", image_size=TEST_SIZE),
+               BackboneConfig("mobilenet_0.25", weights=str(tmp_path / "missing.h5"))]
+    assert [planned_fingerprint(cfg) for cfg in unknown] == [None] * 4
 
 def test_wrong_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="does not fit backbone"):

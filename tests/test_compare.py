@@ -82,13 +82,40 @@ def test_verdict_is_consistent_with_the_table(compared):
     _, _, _, report = compared
     verdict = report["verdict"]
     probes = [m for m in report["models"] if m["kind"] == "feature transfer"]
-    best = max(probes, key=lambda m: m["metrics"]["accuracy"])
+    # chosen by the CV score on the train split (first of equals), never by the held-out accuracy
+    best = max(probes, key=lambda m: m["cv_score"])
     tuned = next(m for m in report["models"] if m["kind"] == "fine-tune")
+    assert verdict["best_probe"] == best["name"] and verdict["best_probe_cv_score"] == best["cv_score"]
     assert verdict["best_probe_accuracy"] == pytest.approx(best["metrics"]["accuracy"])
     assert verdict["finetune_accuracy"] == pytest.approx(tuned["metrics"]["accuracy"])
     assert verdict["delta_points"] == pytest.approx(
         round(100 * (tuned["metrics"]["accuracy"] - best["metrics"]["accuracy"]), 1), abs=0.051)
     assert f"{verdict['delta_points']:+.1f} points" in verdict["text"]
+
+
+def test_verdict_pairs_the_two_models_image_by_image(compared):
+    _, _, _, report = compared
+    verdict, n_val = report["verdict"], report["data"]["splits"]["validation"]
+    probe = next(m for m in report["models"] if m["name"] == verdict["best_probe"])
+    tuned = next(m for m in report["models"] if m["kind"] == "fine-tune")
+    assert len(report["data"]["eval_images"]) == len(probe["correct"]) == len(tuned["correct"]) == n_val
+    for m in (probe, tuned):  # per-image correctness agrees with the confusion matrix
+        assert sum(m["correct"]) == sum(m["metrics"]["confusion_matrix"][i][i] for i in range(2))
+        assert m["metrics"]["accuracy_ci"]["low"] <= m["metrics"]["accuracy"] <= m["metrics"]["accuracy_ci"]["high"]
+    only_ft = sum(t and not p for t, p in zip(tuned["correct"], probe["correct"]))
+    only_probe = sum(p and not t for t, p in zip(tuned["correct"], probe["correct"]))
+    d = verdict["difference"]
+    assert (d["only_a"], d["only_b"], d["n"]) == (only_ft, only_probe, n_val) and d["test"] == "exact McNemar"
+    assert d["low"] <= d["difference"] <= d["high"]
+    # ~18 held-out images: too few to decide unless the interval excludes 0
+    if d["low"] > 0 or d["high"] < 0:
+        assert verdict["decision"] == "significant" and "better by" in verdict["headline"]
+    else:
+        assert verdict["decision"] == "too small"
+        assert verdict["headline"].startswith(f"Too few held-out images to decide (n = {n_val})")
+    for m in report["models"]:  # thumbnails say what their number is
+        kinds = {w["confidence_kind"] for w in m["wrong"]}
+        assert kinds <= ({"margin"} if m["name"].startswith("svm") else {"probability"})
 
 
 def test_report_renders_in_a_real_browser_with_every_table_and_image(compared, tmp_path):

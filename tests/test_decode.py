@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import featx.decode as decode_mod
+import featx.decode.files as decode_files
+import featx.decode.image as decode_image
 from featx.decode import (
     ALPHA_BACKGROUND,
     DEFAULT_MAX_PIXELS,
@@ -32,6 +33,7 @@ from featx.decode import (
     Decoded,
     Skip,
     decode_array,
+    decode_deferred,
     decode_file,
     open_rgb,
     read_bytes,
@@ -305,7 +307,7 @@ def test_file_modes_via_tiff(mode, make, expected, tol):
     ],
 )
 def test_rare_modes_converter(img, expected):
-    rgb = decode_mod._to_rgb(img)
+    rgb = decode_image._to_rgb(img)
     assert rgb.mode == "RGB"
     px = np.asarray(rgb)[1, 1]
     if img.mode == "RGBa":
@@ -318,9 +320,9 @@ def test_rare_modes_converter(img, expected):
 
 def test_premultiplied_la_converter():
     img = Image.frombytes("La", (4, 4), np.full((4, 4, 2), (40, 0), np.uint8).tobytes())
-    assert np.all(np.asarray(decode_mod._to_rgb(img)) == 255)
+    assert np.all(np.asarray(decode_image._to_rgb(img)) == 255)
     img = Image.frombytes("La", (4, 4), np.full((4, 4, 2), (40, 255), np.uint8).tobytes())
-    assert np.all(np.asarray(decode_mod._to_rgb(img)) == 40)
+    assert np.all(np.asarray(decode_image._to_rgb(img)) == 40)
 
 
 @pytest.mark.parametrize(
@@ -560,7 +562,7 @@ def test_png_text_chunk_bomb(tmp_path):
 
 def test_too_small(monkeypatch):
     # No common format lets Pillow open a 0-pixel-wide image, so fake one coming out of open.
-    monkeypatch.setattr(decode_mod.Image, "open", lambda fp: Image.new("RGB", (0, 5)))
+    monkeypatch.setattr(decode_image.Image, "open", lambda fp: Image.new("RGB", (0, 5)))
     with pytest.raises(DecodeError) as err:
         open_rgb(b"anything")
     assert err.value.skip.kind == "too_small" and "0\u00d75" in err.value.skip.detail
@@ -650,7 +652,7 @@ def test_permission_denied_is_unreadable(tmp_path, monkeypatch):
                 raise PermissionError(13, "Permission denied", str(p))
             return real_open(path, *args, **kwargs)
 
-        monkeypatch.setattr(decode_mod.os, "open", refuse)
+        monkeypatch.setattr(decode_files.os, "open", refuse)
     try:
         d = decode_file(p, SIZE)
     finally:
@@ -729,6 +731,28 @@ def test_resize_rgb_is_pillow_bilinear():
     assert np.array_equal(same, np.asarray(img))
     with pytest.raises(ValueError):
         resize_rgb(img.convert("L"), (10, 10))
+
+
+def test_deferred_file_decodes_as_decode_file_would(tmp_path):
+    # The path featx.gpudecode takes: decode_file hands the bytes over undecoded, and what the batch
+    # decoder cannot decode comes back through decode_deferred, which must give decode_file's result.
+    good = tmp_path / "good.jpg"
+    badfiles.make_good_image(good)
+    page = tmp_path / "page.jpg"
+    page.write_bytes(b"<!DOCTYPE html><html><title>404 Not Found</title></html>")
+    for path in (good, page):
+        direct = decode_file(path, SIZE)
+        taken = decode_file(path, SIZE, defer=lambda data: True)
+        assert taken.pixels is None and taken.skip is None and taken.encoded == path.read_bytes()
+        assert (taken.sha256, taken.nbytes, taken.mtime_ns) == (direct.sha256, direct.nbytes, direct.mtime_ns)
+        late = decode_deferred(taken, SIZE)
+        assert late.encoded is None and late.skip == direct.skip and late.sha256 == direct.sha256
+        if path == good:
+            assert direct.skip is None and np.array_equal(late.pixels, direct.pixels)
+        else:
+            assert direct.skip.kind == "not_an_image" and late.pixels is None
+    with pytest.raises(ValueError, match="nothing deferred"):
+        decode_deferred(direct, SIZE)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -338,7 +338,7 @@ def test_worker_killed_mid_shard_is_retried_and_each_image_stored_once(data, ref
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr("featx.distributed._progress_bar", lambda total, enabled: Bar())
+    monkeypatch.setattr("featx.distributed.client._progress_bar", lambda total, enabled: Bar())
 
     def run() -> None:
         try:

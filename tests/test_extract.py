@@ -12,6 +12,7 @@ from conftest import TEST_SIZE, photo_files, make_photo_set
 from featx.extract import extract, extract_features
 from featx.store import FeatureStore, FingerprintMismatch, StoreError, StoreLocked, StoreWriter
 from featx.backbones import fingerprint_id
+from featx.config import BackboneConfig
 
 
 def test_extract_class_folders_records_everything(photo_set, tmp_path, backbone):
@@ -216,3 +217,64 @@ def test_summary_says_where_the_time_went(photo_set, tmp_path, backbone, monkeyp
         d = s.to_dict()
         assert {"loop_seconds", "decode_wait_seconds", "model_seconds", "store_seconds"} <= d.keys()
         assert f"{expected}-bound" in s.format() and "waiting for decoded images" in s.format()
+
+
+_NO_MODEL_RUN = """
+import sys
+import featx.cli
+rc = featx.cli.main(sys.argv[1:])
+print("KERAS-IMPORTED" if "keras" in sys.modules else "NO-KERAS")
+sys.exit(rc)
+"""
+
+
+def _cli_without_model(*args: str):
+    # a fresh process: only there does "no Keras import" mean anything (this one imported it long ago)
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", _NO_MODEL_RUN, *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+def test_noop_rerun_and_refused_store_never_build_a_model(photo_set, tmp_path, backbone):
+    """All images in the store: the CLI answers from the plan (no Keras import, no model, says so);
+    a store of another fingerprint is refused before any model is built."""
+    store = tmp_path / "s.h5"
+    extract(photo_set, store, backbone=backbone, progress=False)
+    with FeatureStore(store) as fs:
+        before = fs.X
+    args = ["extract", str(photo_set), "--store", str(store), "--backbone", "mobilenet_0.25",
+            "--image-size", str(TEST_SIZE), "--no-progress"]
+    out = _cli_without_model(*args)
+    assert out.returncode == 0, out.stderr
+    assert "NO-KERAS" in out.stdout, out.stdout
+    assert "nothing to extract: all 24 images already in the store" in out.stdout
+    assert "images/s" not in out.stdout and f"fingerprint {fingerprint_id(backbone.fingerprint)}" in out.stdout
+    with FeatureStore(store) as fs:
+        np.testing.assert_array_equal(fs.X, before)
+
+    out = _cli_without_model(*args, "--pooling", "max")
+    assert out.returncode == 1 and "NO-KERAS" in out.stdout, out.stdout + out.stderr
+    assert "different backbone configuration" in out.stderr and "pooling" in out.stderr
+
+    # a new image: the model is built as before, and only the new image goes through it
+    shutil.copy(photo_files("coffee", 1)[0], photo_set / "cat" / "new_coffee.jpg")
+    summary = extract(photo_set, store, backbone="mobilenet_0.25", image_size=TEST_SIZE, progress=False)
+    assert (summary.n_extracted, summary.n_cached) == (1, 24) and summary.device != "unused"
+    assert summary.fingerprint_id == fingerprint_id(backbone.fingerprint)
+    # a BackboneConfig is the same request as its keywords (and now nothing is left to do)
+    again = extract(photo_set, store, backbone=BackboneConfig("mobilenet_0.25", image_size=TEST_SIZE), progress=False)
+    assert (again.n_cached, again.device, again.fingerprint_id) == (25, "unused", summary.fingerprint_id)
+
+
+def test_noop_rerun_with_unknowable_fingerprint_builds_the_model(photo_set, tmp_path):
+    """Random weights: only the model can tell the fingerprint, so the plan cannot end the run."""
+    store = tmp_path / "s.h5"
+    first = extract(photo_set, store, backbone="mobilenet_0.25", weights="none", image_size=TEST_SIZE,
+                    progress=False)
+    again = extract(photo_set, store, backbone="mobilenet_0.25", weights="none", image_size=TEST_SIZE,
+                    progress=False)
+    assert (again.n_extracted, again.n_cached, again.fingerprint_id) == (0, 24, first.fingerprint_id)
+    assert again.device != "unused" and "nothing to extract: all 24 images" in again.format()

@@ -27,7 +27,7 @@ from PIL import Image
 
 import badfiles
 import featx.pipeline as pipeline_mod
-from conftest import REPO, TEST_SIZE, photo_files, make_photo_set, run_cli
+from conftest import REPO, TEST_SIZE, photo_files, make_photo_set, run_main
 from featx.decode import SKIP_KINDS
 from featx.extract import extract
 from featx.sources import Item
@@ -330,6 +330,8 @@ def test_cli_extract_reports_every_bad_file_and_extracts_every_good_one(fault_ru
         cases["cat/odd/hangs.jpg"] = Case(None)  # nothing blocks its read in this process
         cases["cat/odd/no_permission.jpg"] = Case("unreadable", ("permission denied",))
         store = tmp_path / "cli.h5"
+        # a child process, not run_main: only a process without the file-permission capabilities
+        # (preexec_fn) is refused the mode-000 files, as an ordinary user would be
         r = subprocess.run(
             [sys.executable, "-m", "featx.cli", "extract", str(root), "--store", str(store), "--backbone",
              "mobilenet_0.25", "--image-size", str(TEST_SIZE), "--batch-size", "8", "--workers", "2",
@@ -351,7 +353,7 @@ def test_cli_extract_reports_every_bad_file_and_extracts_every_good_one(fault_ru
     assert any("/odd/locked" in m and "Permission denied" in m for m in summary["ignored"]), summary["ignored"]
     assert any("symlink loop" in m for m in summary["ignored"])
 
-    info = run_cli("info", str(store), "--json", cwd=REPO)
+    info = run_main("info", str(store), "--json")
     assert info.returncode == 0, info.stderr[-3000:]
     data = json.loads(info.stdout)
     assert data["n_images"] == sum(c.kind is None for c in cases.values())
@@ -359,7 +361,7 @@ def test_cli_extract_reports_every_bad_file_and_extracts_every_good_one(fault_ru
     with FeatureStore(store) as fs:
         assert set(fs.paths.tolist()) == {p for p, c in cases.items() if c.kind is None}
         assert "cat/odd/caf\\xe9.jpg" in fs.paths.tolist()
-    text = run_cli("info", str(store), cwd=REPO)  # the plain-text listing prints the odd names too
+    text = run_main("info", str(store))  # the plain-text listing prints the odd names too
     assert text.returncode == 0 and "bad\\xff.png" in text.stdout, text.stderr[-3000:]
 
 

@@ -14,6 +14,7 @@ import pytest
 from conftest import TEST_SIZE, make_photo_set, run_cli
 from featx import finetune as ft
 from featx.backbones import Backbone
+from featx.config import BackboneConfig
 from featx.decode import decode_file
 from featx.linear import UnsafeModelError, train
 from featx.sources import from_directory
@@ -65,7 +66,7 @@ def test_head_from_the_probe_predicts_exactly_what_the_probe_predicts(tmp_path, 
 ])
 def test_unfreeze_takes_whole_top_blocks_and_never_batchnorm(name, last_two):
     bb = Backbone.build(name, weights="none", image_size=64)
-    base = ft._inner_base(bb)
+    base = ft.inner_base(bb)
     assert ft.unfreeze_top(base, 2) == last_two
     blocks = dict(ft.layer_blocks(base))
     top_layers = {id(l) for key in last_two for l in blocks[key]}
@@ -93,7 +94,7 @@ def test_finetune_trains_the_top_keeps_the_rest_and_records_everything(finetuned
 
     model = keras.saving.load_model(out)
     start = Backbone.build("mobilenet_0.25", image_size=TEST_SIZE)
-    ref = ft._inner_base(start)
+    ref = ft.inner_base(start)
     tuned = next(l for l in model.layers if isinstance(l, keras.Model))
     for name in ("conv1", "conv_pw_5", "conv_dw_11"):  # below the unfrozen blocks: untouched
         for a, b in zip(ref.get_layer(name).get_weights(), tuned.get_layer(name).get_weights()):
@@ -232,6 +233,24 @@ def test_random_head_mixed_precision_and_class_weights(tmp_path):
     fm = ft.load_model(out)
     assert fm.model.get_layer("featx_head").dtype_policy.name == "float32"
     assert fm.predict(np.zeros((1, 64, 64, 3), np.uint8)).dtype == np.float32
+
+
+def test_the_command_and_settings_objects_train_the_same_model(tmp_path):
+    """`featx finetune` (keywords) and finetune(backbone=BackboneConfig, settings=FinetuneSettings) agree."""
+    root = make_photo_set(tmp_path / "set", n=10)
+    proc = run_cli("finetune", str(root), "--out", str(tmp_path / "cli.keras"), "--backbone", "mobilenet_0.25",
+                   "--image-size", "64", "--epochs", "1", "--batch-size", "8", "--seed", "3", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_command = json.loads(proc.stdout)
+    result = ft.finetune(root, tmp_path / "objects.keras", backbone=BackboneConfig("mobilenet_0.25", image_size=64),
+                         settings=ft.FinetuneSettings(epochs=1, batch_size=8, seed=3))
+    assert result.settings == by_command["settings"] and result.settings["seed"] == 3
+    assert by_command["history"]["phase"] == ["probe", "finetune"] and by_command["probe"] == result.probe
+    for key in ("val_loss", "val_accuracy"):
+        assert result.history[key] == pytest.approx(by_command["history"][key], rel=1e-5)
+    for a, b in zip(ft.load_model(tmp_path / "cli.keras").model.get_weights(),
+                    ft.load_model(tmp_path / "objects.keras").model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 JAX_SCRIPT = """

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from badfiles import make_bad_files
-from conftest import photo_files, make_photo_set, run_cli
+from conftest import photo_files, make_photo_set, run_main
 from featx.decode import open_rgb, resize_rgb
 from featx.extract import extract, extract_features
 from featx.gpudecode import BatchJpegDecoder, GpuDecoderUnavailable, gpu_decoder_problem, gpu_route, open_decoder
@@ -186,12 +186,12 @@ def test_reuse_by_content_skips_the_device_decoder(tmp_path, backbone):
 @pytest.mark.skipif(gpu_decoder_problem() is None, reason="a usable GPU decoder is present")
 def test_cli_decoder_gpu_without_gpu_fails_clearly_and_auto_says_which_ran(tmp_path):
     data = make_photo_set(tmp_path / "data", n=3)
-    proc = run_cli("extract", str(data), "--store", str(tmp_path / "s.h5"), "--backbone", "mobilenet_0.25",
-                   "--image-size", "96", "--decoder", "gpu", "--no-progress")
+    proc = run_main("extract", str(data), "--store", str(tmp_path / "s.h5"), "--backbone", "mobilenet_0.25",
+                    "--image-size", "96", "--decoder", "gpu", "--no-progress")
     assert proc.returncode == 1 and "--decoder gpu: the GPU JPEG decoder cannot run here" in proc.stderr
     assert not (tmp_path / "s.h5").exists()
-    proc = run_cli("extract", str(data), "--store", str(tmp_path / "s.h5"), "--backbone", "mobilenet_0.25",
-                   "--image-size", "96", "--decoder", "auto", "--precision", "bfloat16", "--no-progress", "--json")
+    proc = run_main("extract", str(data), "--store", str(tmp_path / "s.h5"), "--backbone", "mobilenet_0.25",
+                    "--image-size", "96", "--decoder", "auto", "--precision", "bfloat16", "--no-progress", "--json")
     assert proc.returncode == 0, proc.stderr
     import json
 

@@ -21,7 +21,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from featx.metrics import evaluate, format_report, format_table, save_confusion_png
+from featx.metrics import evaluate, format_report, format_table, most_confidently_wrong, save_confusion_png
+from featx.stats import wilson_interval
 
 
 @pytest.fixture(autouse=True)
@@ -145,6 +146,32 @@ def test_format_report_contains_names_and_metrics(digits_predictions):
     matrix_start = next(i for i, line in enumerate(lines) if line.startswith("confusion matrix"))
     for i, counts in enumerate(result["confusion_matrix"]):
         assert lines[matrix_start + 2 + i].split()[-10:] == [str(c) for c in counts]
+
+
+def test_evaluate_carries_named_95_percent_intervals_as_strict_json(digits_predictions):
+    y_true, y_pred = digits_predictions
+    result = json.loads(json.dumps(evaluate(y_true, y_pred, label_names=DIGIT_NAMES), allow_nan=False))
+    acc, f1 = result["accuracy_ci"], result["macro_f1_ci"]
+    assert (acc["low"], acc["high"]) == pytest.approx(wilson_interval(int(np.sum(y_true == y_pred)), len(y_true)))
+    assert acc["method"] == "Wilson score" and acc["confidence"] == f1["confidence"] == 0.95
+    assert f1["method"].startswith("stratified bootstrap, 1000 resamples")
+    for ci, value in ((acc, result["accuracy"]), (f1, result["f1"])):
+        assert ci["low"] < value < ci["high"] and ci["high"] - ci["low"] < 0.15  # 1,258 test digits
+    # fewer images, a wider interval; seeded, so the same predictions give the same interval
+    few = evaluate(y_true[:60], y_pred[:60], label_names=DIGIT_NAMES)
+    assert few["accuracy_ci"]["high"] - few["accuracy_ci"]["low"] > acc["high"] - acc["low"]
+    assert evaluate(y_true, y_pred, label_names=DIGIT_NAMES)["macro_f1_ci"] == f1
+    assert "accuracy_ci" not in evaluate(y_true, y_pred, label_names=DIGIT_NAMES, confidence=None)
+    text = format_report(result)
+    assert f"accuracy           {result['accuracy']:.4f}  [{acc['low']:.3f}, {acc['high']:.3f}]" in text
+    assert f"[{f1['low']:.3f}, {f1['high']:.3f}]" in text and "Wilson score" in text
+
+
+def test_most_confidently_wrong_says_what_its_number_is():
+    wrong = most_confidently_wrong(["a", "b"], [0, 1], [1, 0], [2.5, 0.3], ["cat", "dog"], confidence_kind="margin")
+    assert [w["path"] for w in wrong] == ["a", "b"] and {w["confidence_kind"] for w in wrong} == {"margin"}
+    with pytest.raises(ValueError, match="confidence_kind"):
+        most_confidently_wrong(["a"], [0], [1], [0.5], ["cat", "dog"], confidence_kind="logit")
 
 
 def test_format_report_shows_roc_auc_for_binary(cancer_scores):

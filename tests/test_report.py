@@ -11,12 +11,14 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.stats import binomtest
 
 import browser
 from browser import render_in_chromium
 from conftest import photo_files
 from featx.metrics import evaluate
 from featx.report import compute_verdict, embedding_2d, write_report
+from featx.stats import paired_difference_from_counts
 
 NASTY = '<b>&"x'  # a class name that must come out escaped everywhere
 LABELS = ["cat", "flower", NASTY]
@@ -33,8 +35,14 @@ def _predictions(n: int, n_wrong: int, k: int, seed: int) -> tuple[np.ndarray, n
 
 
 def _model(name: str, kind: str, n_wrong: int, *, n: int = 200, train_seconds: float = 3.2,
-           wrong: list | None = None, seed: int = 0) -> dict:
-    y_true, y_pred = _predictions(n, n_wrong, len(LABELS), seed)
+           wrong: list | None = None, seed: int = 0, correct: list[bool] | None = None,
+           cv_score: float | None = 0.93) -> dict:
+    """One model of a report; ``correct`` (per-image, paired across models) overrides n and n_wrong."""
+    if correct is not None:
+        y_true = np.arange(len(correct)) % len(LABELS)
+        y_pred = np.where(correct, y_true, (y_true + 1) % len(LABELS))
+    else:
+        y_true, y_pred = _predictions(n, n_wrong, len(LABELS), seed)
     return {
         "name": name,
         "kind": kind,
@@ -45,7 +53,8 @@ def _model(name: str, kind: str, n_wrong: int, *, n: int = 200, train_seconds: f
         "inference_images_per_second": n / 0.01,
         "model_bytes": 12345,
         "model_path": f"models/{name}.skops",
-        "cv_score": 0.93 if kind == "feature transfer" else None,
+        "cv_score": cv_score if kind == "feature transfer" else None,
+        "correct": (y_true == y_pred).tolist(),
         "wrong": wrong or [],
     }
 
@@ -219,9 +228,13 @@ def test_markdown_has_verdict_tables_and_relative_assets(written):
     data = json.loads((written["out"] / "report.json").read_text(encoding="utf-8"))
     assert md.startswith("# featx compare: photos &lt;test&gt;\n")
     # the verdict comes first, before any table
-    assert md.index("Fine-tuning wins by 0.5 points") < md.index("| model |")
-    assert "(+0.5 points) at 14\u00d7 the training time (400 s vs 28.3 s for feature extraction" in md
-    for header in ("| model | kind | accuracy | balanced acc. | precision | recall | F1 | ROC-AUC |",
+    assert md.index("No significant difference: fine-tuning 0.910 vs linear probe svm-l2 0.905 (+0.5 points, "
+                    "95% CI \\[") < md.index("| model |")
+    assert "at 14\u00d7 the training time (400 s vs 28.3 s for feature extraction" in md
+    assert re.search(r"\| 0\.905 \| \\\[0\.8\d\d, 0\.9\d\d\\\] \|", md)  # accuracy and its interval
+    assert "95% intervals: accuracy by Wilson score" in md and "best train-split CV score" in md
+    for header in ("| model | kind | accuracy | acc. 95% CI | balanced acc. | precision | recall | F1 | F1 95% CI "
+                   "| ROC-AUC |",
                    "| class | precision | recall | F1 | support |", "| path | kind | reason |"):
         assert header in md
     for rel in data["assets"]:
@@ -270,7 +283,7 @@ def test_binary_problem_shows_roc_auc(tmp_path):
     paths = write_report(report, tmp_path)
     md = open(paths["md"], encoding="utf-8").read()
     row = next(line for line in md.splitlines() if line.startswith("| svm-l2 |"))
-    assert f"| {auc:.3f} |" in row and "\u2013" not in row.split("|")[8]
+    assert f"| {auc:.3f} |" in row and "\u2013" not in row.split("|")[10]
 
 
 def test_output_is_deterministic(tmp_path, embedding):
@@ -298,30 +311,103 @@ def test_rewrite_removes_stale_assets_only(tmp_path):
 # Verdict
 
 
-@pytest.mark.parametrize(
-    "probe_wrong, finetune_wrong, winner, delta, headline",
-    [
-        ((19, 25), 18, "fine-tune", 0.5, "Fine-tuning wins by 0.5 points"),
-        ((10, 25), 18, "feature transfer", -4.0, "Linear probe svm-l2 wins by 4.0 points"),
-        ((25, 18), 18, "tie", 0.0, "Tie: fine-tuning and the linear probe logreg-l1 are equally accurate (0.910)"),
-    ],
-)
-def test_verdict_probe_vs_finetune(probe_wrong, finetune_wrong, winner, delta, headline):
-    report = make_report(probe_wrong=probe_wrong, finetune_wrong=finetune_wrong)
+def _paired_report(both: int, only_ft: int, only_probe: int, neither: int, *, probe_cv=(0.95, 0.90),
+                   record_correct: bool = True) -> dict:
+    """A report whose fine-tuned model and probe svm-l2 are right on given images: the paired 2x2 table.
+    logreg-l1 is more accurate on the held-out split than svm-l2 but has the lower CV score."""
+    ft_right = [True] * both + [True] * only_ft + [False] * only_probe + [False] * neither
+    probe_right = [True] * both + [False] * only_ft + [True] * only_probe + [False] * neither
+    report = make_report()
+    report["models"] = [
+        _model("svm-l2", "feature transfer", 0, correct=probe_right, cv_score=probe_cv[0]),
+        _model("logreg-l1", "feature transfer", 0, correct=[True] * len(ft_right), cv_score=probe_cv[1]),
+        _model("finetune", "fine-tune", 0, correct=ft_right, train_seconds=400.0),
+    ]
+    if not record_correct:
+        for model in report["models"]:
+            del model["correct"]
+    return report
+
+
+def _expected(both, only_ft, only_probe, neither) -> tuple[str, str]:
+    """The interval and p-value as the headline words them, from featx.stats directly."""
+    diff = paired_difference_from_counts(both, only_ft, only_probe, neither)
+    ci = f"95% CI [{diff.low * 100:.1f}, {diff.high * 100:.1f}]"
+    return ci, ("p < 0.001" if diff.p_value < 0.001 else f"p = {diff.p_value:.3f}")
+
+
+def test_verdict_significant_when_the_interval_excludes_zero():
+    verdict = compute_verdict(_paired_report(170, 20, 4, 6))
+    ci, p = _expected(170, 20, 4, 6)
+    assert verdict["headline"] == f"Fine-tuning is better by 8.0 points ({ci}, McNemar {p})"
+    assert verdict["decision"] == "significant" and verdict["winner"] == "fine-tune" and verdict["n"] == 200
+    d = verdict["difference"]
+    assert d["low"] > 0 and d["difference"] == pytest.approx(0.08) and d["only_a"] == 20 and d["only_b"] == 4
+    assert d["p_value"] == pytest.approx(binomtest(4, 24, 0.5).pvalue) and d["p_value"] < 0.05
+    # the other way round: the probe's advantage, its interval in its own direction
+    verdict = compute_verdict(_paired_report(170, 4, 20, 6))
+    assert verdict["winner"] == "feature transfer"
+    assert verdict["headline"].startswith("Linear probe svm-l2 is better by 8.0 points (95% CI [")
+    low, high = re.search(r"CI \[(-?[\d.]+), (-?[\d.]+)\]", verdict["headline"]).groups()
+    assert 0 < float(low) < 8.0 < float(high)
+
+
+def test_verdict_one_image_in_a_thousand_is_no_significant_difference():
+    # the issue's case: 0.942 vs 0.941 on 1,000 images used to read "Fine-tuning wins by 0.1 points"
+    verdict = compute_verdict(_paired_report(911, 31, 30, 28))
+    ci, p = _expected(911, 31, 30, 28)
+    assert p == "p = 1.000"
+    assert verdict["headline"] == (f"No significant difference: fine-tuning 0.942 vs linear probe svm-l2 0.941 "
+                                   f"(+0.1 points, {ci}, McNemar {p})")
+    assert verdict["decision"] == "not significant" and verdict["winner"] == "undecided"
+    assert verdict["difference"]["low"] < 0 < verdict["difference"]["high"]
+
+
+def test_verdict_too_few_images_to_decide():
+    # 40 held-out images, "wins by 2.5 points" was one image
+    verdict = compute_verdict(_paired_report(35, 2, 1, 2))
+    assert verdict["headline"].startswith("Too few held-out images to decide (n = 40): fine-tuning 0.925 vs "
+                                          "linear probe svm-l2 0.900 (+2.5 points, 95% CI [")
+    assert verdict["decision"] == "too small" and verdict["winner"] == "undecided"
+    # a difference that is significant even on 40 images is still reported as one
+    verdict = compute_verdict(_paired_report(28, 10, 0, 2))
+    assert verdict["decision"] == "significant" and verdict["headline"].startswith("Fine-tuning is better by 25.0")
+
+
+def test_best_probe_is_chosen_by_cv_score_not_by_held_out_accuracy(tmp_path):
+    report = _paired_report(170, 20, 4, 6)
     verdict = compute_verdict(report)
-    assert verdict["winner"] == winner
-    assert verdict["delta_points"] == delta
-    assert verdict["headline"] == headline
-    best = min(probe_wrong)
-    assert verdict["best_probe_accuracy"] == pytest.approx((200 - best) / 200)
-    assert verdict["finetune_accuracy"] == pytest.approx((200 - finetune_wrong) / 200)
-    # 400 s fine-tune vs best probe's training (3.2 or 5.0 s) + 25.1 s extraction
-    probe_seconds = 3.2 if probe_wrong[0] <= probe_wrong[1] else 5.0
-    ratio = 400.0 / (probe_seconds + 25.1)
+    # logreg-l1 is right on every held-out image, but svm-l2 had the better train-split CV score
+    assert verdict["best_probe"] == "svm-l2" and verdict["best_probe_cv_score"] == 0.95
+    assert verdict["best_probe_accuracy"] == pytest.approx(0.87)
+    assert "chosen by train-split CV score 0.950" in verdict["text"]
+    verdict = compute_verdict(_paired_report(170, 20, 4, 6, probe_cv=(0.90, 0.95)))
+    assert verdict["best_probe"] == "logreg-l1" and verdict["best_probe_accuracy"] == 1.0
+    # no CV score anywhere: the first probe, said in a warning (never the held-out best)
+    verdict = compute_verdict(_paired_report(170, 20, 4, 6, probe_cv=(None, None)))
+    assert verdict["best_probe"] == "svm-l2" and "No linear probe records a train-split CV score" in \
+        verdict["warnings"][0]
+    paths = write_report(report, tmp_path)
+    page = open(paths["html"], encoding="utf-8").read()
+    assert "Fine-tuning is better by 8.0 points (95% CI [" in page and "McNemar p = 0.00" in page
+    assert re.search(r'<td class="num">\[0\.8\d\d, 0\.9\d\d\]</td>', page)  # svm-l2's accuracy interval
+
+
+def test_verdict_without_per_image_predictions_is_not_tested():
+    verdict = compute_verdict(_paired_report(170, 20, 4, 6, record_correct=False))
+    assert verdict["decision"] == "not tested" and verdict["winner"] is None and verdict["difference"] is None
+    assert verdict["headline"] == ("Not tested: fine-tuning 0.950 vs linear probe svm-l2 0.870 (+8.0 points); the "
+                                   "report records no per-image predictions to pair")
+
+
+def test_verdict_cost_and_text():
+    verdict = compute_verdict(make_report())
+    # 400 s fine-tune vs the best probe's training (3.2 s) + 25.1 s extraction
+    ratio = 400.0 / (3.2 + 25.1)
     assert verdict["time_ratio"] == round(ratio, 2)
-    sign = "+" if delta >= 0 else "-"
-    assert f"({sign}{abs(delta):.1f} points) at {ratio:.0f}\u00d7 the training time (400 s vs " in verdict["text"]
-    assert verdict["warnings"] == []
+    assert verdict["delta_points"] == 0.5 and verdict["warnings"] == []
+    assert verdict["text"].startswith("Fine-tuning (finetune): 0.910 [0.")
+    assert f"at {ratio:.0f}\u00d7 the training time (400 s vs " in verdict["text"]
 
 
 def test_verdict_without_finetune(tmp_path):
@@ -362,9 +448,11 @@ def test_unreadable_thumbnails_become_placeholders(tmp_path):
     not_image.write_text("<html>not an image</html>")
     report = make_report(finetune_wrong=None)
     report["models"][0]["wrong"] = [
-        {"path": str(tmp_path / "gone.jpg"), "true": "cat", "pred": NASTY, "confidence": 0.97},
+        {"path": str(tmp_path / "gone.jpg"), "true": "cat", "pred": NASTY, "confidence": 0.97,
+         "confidence_kind": "probability"},
         {"path": str(not_image), "true": "cat", "pred": "flower", "confidence": None},
-        {"path": str(photo_files("coffee", 1)[0]), "true": "flower", "pred": "cat", "confidence": 0.9},
+        {"path": str(photo_files("coffee", 1)[0]), "true": "flower", "pred": "cat", "confidence": 1.4,
+         "confidence_kind": "margin"},
     ]
     report["models"][1]["wrong"] = []
     paths = write_report(report, tmp_path / "out")
@@ -372,7 +460,8 @@ def test_unreadable_thumbnails_become_placeholders(tmp_path):
     assert page.count('class="wrong-item missing"') == 2
     assert "image unavailable: file not found" in page and "not_an_image" in page
     assert page.count('<img class="wrong"') == 1
-    assert "cat \u2192 &lt;b&gt;&amp;&quot;x (0.97)" in page
+    # the number says what it is: a probability, or an SVM margin (which can exceed 1)
+    assert "cat \u2192 &lt;b&gt;&amp;&quot;x (p = 0.97)" in page and "flower \u2192 cat (margin 1.40)" in page
     md = open(paths["md"], encoding="utf-8").read()
     assert "image unavailable (file not found)" in md
 
@@ -399,7 +488,8 @@ def test_html_renders_in_chromium(written, tmp_path):
     assert facts["table_classes"].count("per-class") == 3
     for ident in ("verdict", "models-table", "finetune", "embedding", "skipped", "notes"):
         assert ident in facts["ids"], ident
-    assert "Fine-tuning wins by 0.5 points" in facts["text"]
+    assert "No significant difference: fine-tuning 0.910 vs linear probe svm-l2 0.905 (+0.5 points, 95% CI [" \
+        in facts["text"]
     assert NASTY in facts["text"]  # escaped in the source, displayed as typed
     assert facts["css_rules"] and facts["css_rules"][0] > 20  # the inline stylesheet applies
     assert facts["screenshot_size"] == [1280, 2000]

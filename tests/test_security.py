@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import skops.io as sio
 
-from conftest import TEST_SIZE, make_photo_set, run_cli
+from conftest import TEST_SIZE, make_photo_set, run_main
 from featx import linear
 from featx.backbones import Backbone, fingerprint_id
 from featx.classify import evaluate_store, train_store
@@ -193,7 +193,7 @@ def test_store_whose_fingerprint_was_edited_is_refused(real, store):
 def test_cli_refuses_a_damaged_store_with_a_clear_message(store):
     _rewrite(store, "features", lambda x: x[:, :255])
     for args in (("info", str(store)), ("train", str(store), "--out", str(store.with_suffix(".skops")))):
-        out = run_cli(*args)
+        out = run_main(*args)
         assert out.returncode == 1, out.stderr
         assert "damaged or was edited outside featx" in out.stderr and "Traceback" not in out.stderr
 
@@ -203,7 +203,7 @@ def test_untouched_store_verifies(store):
     with FeatureStore(store) as fs:
         report = fs.verify()
     assert report["ok"] and report["status"] == "ok" and report["rows"] == 20, report
-    out = run_cli("info", str(store), "--verify")
+    out = run_main("info", str(store), "--verify")
     assert out.returncode == 0, out.stderr
     assert "verify       OK: 20 rows" in out.stdout
 
@@ -211,14 +211,14 @@ def test_untouched_store_verifies(store):
 def test_one_changed_feature_value_fails_verify(store):
     with h5py.File(store, "r+") as f:
         f["features"][13, 100] += 1e-4  # a tiny change, still a plausible value
-    out = run_cli("info", str(store), "--verify", "--json")
+    out = run_main("info", str(store), "--verify", "--json")
     assert out.returncode == 1, out.stderr
     report = json.loads(out.stdout)["verify"]
     assert report["status"] == "mismatch" and not report["ok"]
     assert report["bad_chunks"] == [{"chunk": 0, "rows": [0, 19]}]
     assert report["bad_columns"] == [] and report["attrs_ok"] is True
     assert "features of rows 0–19" in report["message"]
-    out = run_cli("info", str(store), "--verify")
+    out = run_main("info", str(store), "--verify")
     assert out.returncode == 1 and "MISMATCH" in out.stdout
 
 
@@ -272,7 +272,7 @@ def test_store_from_a_featx_without_checksums_says_so_then_gets_one(real, store,
         report = fs.verify()
     assert report["status"] == "no_checksum" and not report["ok"]
     assert "no checksum recorded" in report["message"]
-    out = run_cli("info", str(store), "--verify")
+    out = run_main("info", str(store), "--verify")
     assert out.returncode == 1 and "no checksum recorded" in out.stdout and "Traceback" not in out.stderr
     summary = extract(real["data"], store, backbone=backbone, batch_size=8, progress=False)
     assert summary.n_extracted == 0  # nothing recomputed: the store is rewritten once with checksums

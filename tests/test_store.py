@@ -295,3 +295,38 @@ def test_a_folder_or_a_missing_path_given_as_a_store_is_store_not_found(tmp_path
         writer(folder).open()
     with pytest.raises(StoreNotFound, match="does not exist"):
         FeatureStore(tmp_path / "missing.h5")
+
+
+def test_merge_appends_shards_once_replaces_older_rows_and_refuses_another_fingerprint(tmp_path):
+    from featx.store.merge import merge_stores
+
+    store, a, b = tmp_path / "s.h5", tmp_path / "a.h5", tmp_path / "b.h5"
+    old = image_rows(0, 6, seed=1)
+    with writer(store) as w:
+        w.append(old)
+    shard_a, shard_b = image_rows(0, 10, seed=2), image_rows(10, 8, seed=3)  # a: rows 0-5 re-read (newer mtime)
+    skip = Skips.from_records([{"path": "cat/bad.jpg", "kind": "decode", "reason": "truncated JPEG",
+                                "sha256": "cd" * 32, "nbytes": 9, "mtime_ns": 7}])
+    with writer(a) as w:
+        w.append(shard_a, skip)
+    with writer(b) as w:
+        w.append(shard_b)
+
+    report = merge_stores(store, [a, b])
+    assert (report.rows_added, report.rows_unchanged, report.skips_added, report.n_store_rows) == (18, 0, 1, 18)
+    assert_rows(store, expected(old, shard_a, shard_b))
+    assert merge_stores(store, [a, b]).rows_added == 0  # merging twice changes nothing
+    assert_rows(store, expected(shard_a, shard_b))
+
+    other = tmp_path / "other.h5"
+    fp = {"backbone": "synthetic", "feature_dim": DIM, "image_size": [64, 64]}
+    with writer(other, fp) as w:
+        w.append(image_rows(30, 3, seed=4))
+    with pytest.raises(FingerprintMismatch):
+        merge_stores(store, [a, other])
+    assert_rows(store, expected(shard_a, shard_b))  # nothing merged from either shard
+
+    merge_stores(store, [a, b], remove=True)
+    assert not a.exists() and not b.exists()
+    with FeatureStore(store) as fs:
+        assert fs.verify()["ok"] and fs.skipped[0]["path"] == "cat/bad.jpg"

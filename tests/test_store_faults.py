@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_SIZE, make_photo_set, run_cli
+from conftest import TEST_SIZE, make_photo_set, run_main
 from featx.extract import extract
 from featx.oom import OutOfMemory, is_out_of_memory
 from featx.store import FeatureStore, StoreFull, StoreWriter
@@ -50,17 +50,17 @@ def test_second_writer_refused_and_readers_read_while_the_first_writes(tmp_path,
     data, clean = photos
     allowed = relpaths(data)
     store = tmp_path / "s.h5"
-    first = start_cli(data, store)
+    first = start_cli(data, store)  # a process of its own: it is stopped (SIGSTOP) while holding the lock
     _wait_for_parts(first, store, 2)
     os.kill(first.pid, signal.SIGSTOP)  # hold the first writer mid-run (it keeps its lock) while we look
     try:
         committed = assert_sane(store, allowed)  # a reader opens while the writer holds the lock
         assert len(committed) >= 2 * BATCH
-        info = run_cli("info", str(store), "--json")
+        info = run_main("info", str(store), "--json")
         assert info.returncode == 0, info.stderr
         assert json.loads(info.stdout)["n_images"] == len(committed)
         before = parts(store)
-        second = run_cli(*cli_args(data, store))  # a real second extraction into the same store
+        second = run_main(*cli_args(data, store))  # a real second extraction into the same store
         assert second.returncode == 1, second.stderr
         assert "being written by another featx process" in second.stderr
         assert "Traceback" not in second.stderr
@@ -113,7 +113,7 @@ def test_disk_full_mid_run_is_a_clear_error_then_rerun_completes(tmp_path, small
     data, clean = photos
     allowed = relpaths(data)
     store = small_disk / "s.h5"
-    proc = start_cli(data, store)
+    proc = start_cli(data, store)  # a process of its own, stopped while the disk is filled under it
     _wait_for_parts(proc, store, 2)
     os.kill(proc.pid, signal.SIGSTOP)
     _fill(small_disk / "filler")  # the disk runs out mid-run, wherever the writer happens to be

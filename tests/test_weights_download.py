@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TEST_SIZE, make_photo_set, run_cli
+from conftest import TEST_SIZE, make_photo_set, run_main
 from featx.backbones import (
     REGISTRY, VENDORED_DIR, Backbone, WeightsUnavailable, describe_backbones, fingerprint_id, get_spec,
 )
@@ -315,8 +315,8 @@ def test_offline_never_connects_and_says_what_to_do(env, server, v2_bytes, monke
     with pytest.raises(WeightsUnavailable, match="offline"):
         FeatureExtractor(backbone="mobilenetv2", offline=True).fit()
     data = make_photo_set(env["cache"].parent / "photos", classes=("cat",), n=2)
-    r = run_cli("extract", str(data), "--store", str(env["cache"].parent / "s.h5"), "--backbone",
-                "mobilenetv2", "--offline", env=env_for_cli(env))
+    r = run_main("extract", str(data), "--store", str(env["cache"].parent / "s.h5"), "--backbone",
+                 "mobilenetv2", "--offline", env=env_for_cli(env))
     assert r.returncode == 1 and V2.weights_file in r.stderr and "Traceback" not in r.stderr
     assert server.connections == 0
     # the vendored backbone needs no download at all
@@ -345,7 +345,7 @@ def test_backbones_say_cached_vendored_or_download_with_its_size(env, server, v2
     assert rows["efficientnetb0"]["weights_url"] == server.url + EFF.weights_file
     monkeypatch.setenv("FEATX_OFFLINE", "1")
     assert {r["name"]: r for r in describe_backbones()}["efficientnetb0"]["weights"] == "missing"
-    out = run_cli("backbones", env=env_for_cli(env))
+    out = run_main("backbones", env=env_for_cli(env))
     assert out.returncode == 0
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("efficientnetb0 "))
     assert "download" in line and "16.7 MB" in line
@@ -361,11 +361,11 @@ def test_cli_extract_on_an_empty_cache_downloads_through_the_mirror(env, server,
     store = tmp_path / "v2.h5"
     args = ["extract", str(data), "--store", str(store), "--backbone", "mobilenetv2", "--image-size", str(TEST_SIZE),
             "--weights", "imagenet", "--no-progress"]
-    r = run_cli(*args, env=env_for_cli(env))
+    r = run_main(*args, env=env_for_cli(env))
     assert r.returncode == 0, r.stderr
     assert f"downloaded from {server.url}{V2.weights_file}" in r.stdout
     assert "6 extracted" in r.stdout and server.gets == [V2.weights_file]
-    r = run_cli(*args[:3], str(tmp_path / "again.h5"), *args[4:], "--json", env=env_for_cli(env))
+    r = run_main(*args[:3], str(tmp_path / "again.h5"), *args[4:], "--json", env=env_for_cli(env))
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["weights"]["origin"] == "Keras cache" and summary["n_extracted"] == 6
@@ -377,8 +377,8 @@ def test_cli_extract_on_an_empty_cache_downloads_through_the_mirror(env, server,
 def test_cli_network_failures_end_with_one_line(env, server, tmp_path, route, expected):
     server.routes[V2.weights_file] = route
     data = make_photo_set(tmp_path / "photos", classes=("cat",), n=2)
-    r = run_cli("extract", str(data), "--store", str(tmp_path / "s.h5"), "--backbone", "mobilenetv2",
-                env=env_for_cli(env))
+    r = run_main("extract", str(data), "--store", str(tmp_path / "s.h5"), "--backbone", "mobilenetv2",
+                 env=env_for_cli(env))
     assert r.returncode == 1 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("featx extract: error: could not download") and expected in last

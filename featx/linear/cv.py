@@ -387,74 +387,82 @@ def train(
         raise ValueError("train() takes class_weight None or 'balanced'")
     _check_scoring(scoring)
 
-    calibration_cv = CALIBRATION_CV
-    if calibrate and "svm" in classifiers:
-        # StratifiedKFold puts at most ceil(n/cv) members of a class in a
-        # validation fold; the calibration CV runs on what is left.
-        smallest = int(min(n - math.ceil(n / cv) for n in counts))
-        calibration_cv = min(CALIBRATION_CV, smallest)
-        if calibration_cv < 2:
-            raise ValueError(
-                f"calibrate=True needs at least 2 examples of every class in each "
-                f"cross-validation training fold, but with cv={cv} the smallest "
-                f"class ({int(counts.min())} examples) leaves {smallest}; add "
-                f"examples or train without calibration"
-            )
-
+    calibration_cv = _calibration_folds(counts, cv) if calibrate and "svm" in classifiers else CALIBRATION_CV
     splitter = StratifiedKFold(n_splits=int(cv), shuffle=True, random_state=random_state)
     candidates: list[CandidateResult] = []
     estimators: dict[str, Pipeline] = {}
     for pen in penalties:
         for clf in classifiers:
-            pipeline = make_pipeline(
-                clf,
-                pen,
-                class_weight=class_weight,
-                calibrate=calibrate,
-                random_state=random_state,
-                max_iter=max_iter,
-                calibration_cv=calibration_cv,
-            )
-            param = _c_param(pipeline)
-            search = GridSearchCV(
-                pipeline,
-                {param: [float(c) for c in Cs]},
-                scoring=scoring,
-                cv=splitter,
-                n_jobs=n_jobs,
-                refit=True,
-                error_score="raise",
-            )
-            start = time.perf_counter()
-            search.fit(X, y)
-            seconds = time.perf_counter() - start
-            i = int(search.best_index_)
-            result = CandidateResult(
-                classifier=clf,
-                penalty=pen,
-                best_C=float(search.best_params_[param]),
-                cv_score_mean=float(search.cv_results_["mean_test_score"][i]),
-                cv_score_std=float(search.cv_results_["std_test_score"][i]),
-                fit_seconds=float(seconds),
-                n_nonzero_weights=count_nonzero_weights(search.best_estimator_),
-            )
+            pipeline = make_pipeline(clf, pen, class_weight=class_weight, calibrate=calibrate,
+                                     random_state=random_state, max_iter=max_iter, calibration_cv=calibration_cv)
+            result, estimator = _tune_candidate(pipeline, clf, pen, X, y, Cs, splitter, scoring, n_jobs)
             candidates.append(result)
-            estimators[result.name] = search.best_estimator_
+            estimators[result.name] = estimator
+    candidates.sort(key=_rank_key)
+    best = candidates[0]
+    return TrainResult(estimator=estimators[best.name], name=best.name, candidates=candidates, scoring=scoring,
+                       estimators=estimators)
 
+
+def _rank_key(c: CandidateResult) -> tuple[float, int, int]:
+    """Best first: mean CV score, then L2 before L1, then logistic regression before SVM."""
     # Round the mean so that float noise from summing equal fold scores in a
     # different order cannot beat the simplicity tie-break.
-    candidates.sort(
-        key=lambda c: (
-            -round(c.cv_score_mean, 12),
-            _PENALTY_RANK[c.penalty],
-            _CLASSIFIER_RANK[c.classifier],
+    return (-round(c.cv_score_mean, 12), _PENALTY_RANK[c.penalty], _CLASSIFIER_RANK[c.classifier])
+
+
+def _calibration_folds(counts: np.ndarray, cv: int) -> int:
+    """Folds of the SVM calibration that every class can fill inside each CV training fold."""
+    # StratifiedKFold puts at most ceil(n/cv) members of a class in a
+    # validation fold; the calibration CV runs on what is left.
+    smallest = int(min(n - math.ceil(n / cv) for n in counts))
+    calibration_cv = min(CALIBRATION_CV, smallest)
+    if calibration_cv < 2:
+        raise ValueError(
+            f"calibrate=True needs at least 2 examples of every class in each "
+            f"cross-validation training fold, but with cv={cv} the smallest "
+            f"class ({int(counts.min())} examples) leaves {smallest}; add "
+            f"examples or train without calibration"
         )
+    return calibration_cv
+
+
+def _tune_candidate(
+    pipeline: Pipeline,
+    clf: str,
+    pen: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    Cs: np.ndarray,
+    splitter: StratifiedKFold,
+    scoring: str,
+    n_jobs: int | None,
+) -> tuple[CandidateResult, Pipeline]:
+    """Grid-search ``C`` for one candidate; its result and its refit best pipeline."""
+    param = _c_param(pipeline)
+    search = GridSearchCV(
+        pipeline,
+        {param: [float(c) for c in Cs]},
+        scoring=scoring,
+        cv=splitter,
+        n_jobs=n_jobs,
+        refit=True,
+        error_score="raise",
     )
-    best = candidates[0]
-    return TrainResult(
-        estimator=estimators[best.name], name=best.name, candidates=candidates, scoring=scoring,
-        estimators=estimators,
+    start = time.perf_counter()
+    search.fit(X, y)
+    seconds = time.perf_counter() - start
+    i = int(search.best_index_)
+    result = CandidateResult(
+        classifier=clf,
+        penalty=pen,
+        best_C=float(search.best_params_[param]),
+        cv_score_mean=float(search.cv_results_["mean_test_score"][i]),
+        cv_score_std=float(search.cv_results_["std_test_score"][i]),
+        fit_seconds=float(seconds),
+        n_nonzero_weights=count_nonzero_weights(search.best_estimator_),
     )
+    return result, search.best_estimator_
 
 
 def predict_scores(estimator: Any, X: Any) -> tuple[np.ndarray, np.ndarray | None]:

@@ -8,7 +8,6 @@ compares the backbone a classifier was trained on with the one at hand.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -24,7 +23,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from featx.errors import FingerprintMismatch, InputNotFound
-from featx.fileio import write_bytes_atomically
+from featx.fileio import json_default, write_bytes_atomically
 
 __all__ = [
     "FILE_FORMAT",
@@ -110,23 +109,9 @@ class SavedClassifier:
     info: dict
 
 
-def _json_default(obj: Any) -> Any:
-    # Convert the values callers naturally have at hand (numpy scalars and
-    # arrays, paths, result dataclasses) to plain JSON types.
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON-able")
-
-
 def _to_json(obj: Any, what: str) -> str:
     try:
-        return json.dumps(obj, default=_json_default, sort_keys=True)
+        return json.dumps(obj, default=json_default, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} must be JSON-able (dicts, lists, str, numbers): {exc}") from None
 

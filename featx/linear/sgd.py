@@ -89,6 +89,13 @@ def _check_number(value: Any, what: str) -> float:
     return float(value)
 
 
+def _check_alpha(alpha: Any) -> float:
+    alpha = _check_number(alpha, "alpha")
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+    return alpha
+
+
 def _check_sgd_options(l1_ratio: Any, chunk_size: Any, epochs: Any, random_state: Any,
                        class_weight: Any) -> tuple[float, int, int, int]:
     """The options every out-of-core SGD fit shares, checked once for train_sgd and search_sgd."""
@@ -168,9 +175,7 @@ def train_sgd(
 
     _check_choice(loss, SGD_LOSSES, "loss")
     _check_choice(penalty, SGD_PENALTIES, "penalty")
-    alpha = _check_number(alpha, "alpha")
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+    alpha = _check_alpha(alpha)
     l1_ratio, chunk_size, epochs, random_state = _check_sgd_options(l1_ratio, chunk_size, epochs, random_state,
                                                                      class_weight)
     options = dict(loss=loss, penalty=penalty, alpha=alpha, l1_ratio=l1_ratio, split=split,
@@ -192,46 +197,9 @@ def _train_sgd(
     """`rows`, when given, are the store rows to train on (a part of `split`, for search_sgd)."""
     if label_names is None:
         label_names = store.label_names
-    labels = store.y  # one int per row; the features stay on disk
-    index = store.split_index(split) if rows is None else np.sort(np.asarray(rows, np.int64))
-    index = index[labels[index] >= 0]
-    y = labels[index]
-    n = int(index.size)
-    if n == 0:
-        raise ValueError(f"split {split!r} of {store.path} has no labelled rows to train on")
-    classes, counts = np.unique(y, return_counts=True)
-    if classes.size < 2:
-        raise ValueError(
-            f"need at least 2 classes to train a classifier, but split {split!r} of "
-            f"{store.path} has only class {_class_name(classes[0], label_names)}"
-        )
-    if class_weight == "balanced":
-        # partial_fit refuses "balanced" (it would only see one chunk's counts)
-        class_weight = {int(c): float(n / (classes.size * k)) for c, k in zip(classes, counts)}
-    elif isinstance(class_weight, dict):
-        present = set(classes.tolist())
-        unknown = [k for k in class_weight if k not in present]
-        if unknown:
-            raise ValueError(
-                f"class_weight names classes that split {split!r} does not have: "
-                f"{unknown}; its classes are {classes.tolist()}"
-            )
-        class_weight = {int(c): float(w) for c, w in class_weight.items()}
-
-    # Pass 1: the scaler, over contiguous chunks (and a check that every feature is finite).
-    scaler = StandardScaler()
-    for start in range(0, n, chunk_size):
-        rows = index[start:start + chunk_size]
-        X = store.features(rows)
-        finite = np.isfinite(X).all(axis=1)
-        if not finite.all():
-            bad = int(rows[np.argmin(finite)])
-            raise ValueError(
-                f"split {split!r} has NaN or infinite features in {int((~finite).sum())} rows of "
-                f"one chunk, the first {store.paths[bad]!r} (store row {bad}); re-extract them"
-            )
-        scaler.partial_fit(X)
-
+    index, y, classes, counts = _labelled_rows(store, split, rows, label_names)
+    class_weight = _sgd_class_weight(class_weight, classes, counts, split)
+    scaler = _fit_scaler(store, index, split, chunk_size)
     clf = SGDClassifier(
         loss=loss,
         penalty=penalty,
@@ -243,15 +211,79 @@ def _train_sgd(
         tol=None,
         **_SGD_SETTINGS,
     )
+    _averaged_sgd(clf, store, index, y, classes, scaler, chunk_size, epochs, np.random.default_rng(random_state))
+    return Pipeline([("scale", scaler), ("clf", clf)])
+
+
+def _labelled_rows(
+    store: FeatureStore, split: str, rows: np.ndarray | None, label_names: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The labelled store rows to train on (ascending), their labels, the classes and their counts."""
+    labels = store.y  # one int per row; the features stay on disk
+    index = store.split_index(split) if rows is None else np.sort(np.asarray(rows, np.int64))
+    index = index[labels[index] >= 0]
+    y = labels[index]
+    if index.size == 0:
+        raise ValueError(f"split {split!r} of {store.path} has no labelled rows to train on")
+    classes, counts = np.unique(y, return_counts=True)
+    if classes.size < 2:
+        raise ValueError(
+            f"need at least 2 classes to train a classifier, but split {split!r} of "
+            f"{store.path} has only class {_class_name(classes[0], label_names)}"
+        )
+    return index, y, classes, counts
+
+
+def _sgd_class_weight(
+    class_weight: str | dict | None, classes: np.ndarray, counts: np.ndarray, split: str
+) -> dict | None:
+    """class_weight as the dict partial_fit accepts: "balanced" from the whole split's counts."""
+    if class_weight == "balanced":
+        # partial_fit refuses "balanced" (it would only see one chunk's counts)
+        n = int(counts.sum())
+        return {int(c): float(n / (classes.size * k)) for c, k in zip(classes, counts)}
+    if isinstance(class_weight, dict):
+        present = set(classes.tolist())
+        unknown = [k for k in class_weight if k not in present]
+        if unknown:
+            raise ValueError(
+                f"class_weight names classes that split {split!r} does not have: "
+                f"{unknown}; its classes are {classes.tolist()}"
+            )
+        return {int(c): float(w) for c, w in class_weight.items()}
+    return class_weight
+
+
+def _fit_scaler(store: FeatureStore, index: np.ndarray, split: str, chunk_size: int) -> StandardScaler:
+    """Pass 1: the scaler, over contiguous chunks (and a check that every feature is finite)."""
+    scaler = StandardScaler()
+    for start in range(0, int(index.size), chunk_size):
+        rows = index[start:start + chunk_size]
+        X = store.features(rows)
+        finite = np.isfinite(X).all(axis=1)
+        if not finite.all():
+            bad = int(rows[np.argmin(finite)])
+            raise ValueError(
+                f"split {split!r} has NaN or infinite features in {int((~finite).sum())} rows of "
+                f"one chunk, the first {store.paths[bad]!r} (store row {bad}); re-extract them"
+            )
+        scaler.partial_fit(X)
+    return scaler
+
+
+def _averaged_sgd(
+    clf: SGDClassifier, store: FeatureStore, index: np.ndarray, y: np.ndarray, classes: np.ndarray,
+    scaler: StandardScaler, chunk_size: int, epochs: int, rng: np.random.Generator,
+) -> None:
+    """Passes 2..epochs+1: SGD over random blocks; `clf` ends with the average of its iterates."""
+    n = int(index.size)
     block = max(1, chunk_size // _BLOCKS_PER_CHUNK)
     per_chunk = chunk_size // block
     block_starts = np.arange(0, n, block)
     lo, hi = _AVERAGE_STEP_RANGE
     step = min(hi, max(lo, n // _AVERAGE_STEPS_PER_EPOCH))
-    rng = np.random.default_rng(random_state)
     coef_sum = intercept_sum = None
     seen = 0
-    # Passes 2..epochs+1: SGD over random blocks, averaging the iterates as it goes.
     for _ in range(epochs):
         order = rng.permutation(block_starts)
         for first in range(0, order.size, per_chunk):
@@ -275,7 +307,6 @@ def _train_sgd(
                     intercept_sum += clf.intercept_ * k
     clf.coef_ = coef_sum / seen
     clf.intercept_ = intercept_sum / seen
-    return Pipeline([("scale", scaler), ("clf", clf)])
 
 
 # The regularisation grid of search_sgd. alpha is roughly 1 / (C * n): over

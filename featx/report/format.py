@@ -69,7 +69,21 @@ def _setting(value: Any) -> str:
     return DASH if value is None else str(value)
 
 
+def _interval(ci: Any) -> str:
+    """A 95% interval ({low, high} from featx.stats) as "[0.912, 0.957]"; anything else a dash."""
+    if not isinstance(ci, dict) or _finite(ci.get("low")) is None or _finite(ci.get("high")) is None:
+        return DASH
+    return f"[{_finite(ci['low']):.3f}, {_finite(ci['high']):.3f}]"
+
+
+# How a thumbnail's number is labelled: a probability reads "p = 0.40", an SVM decision value
+# "margin 0.40" (it is not a probability and can exceed 1); reports without a kind say "score".
+_CONFIDENCE_LABELS = {"probability": "p = ", "margin": "margin "}
+
+
 def _wrong_caption(item: dict) -> str:
     confidence = _finite(item.get("confidence"))
     text = f"{item.get('true', '?')} \u2192 {item.get('pred', '?')}"
-    return text + (f" ({confidence:.2f})" if confidence is not None else "")
+    if confidence is None:
+        return text
+    return text + f" ({_CONFIDENCE_LABELS.get(item.get('confidence_kind'), 'score ')}{confidence:.2f})"

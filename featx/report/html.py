@@ -17,7 +17,7 @@ from string import Template
 from typing import TYPE_CHECKING, Any
 
 from featx.report.format import MAX_SKIPPED_ROWS, _score, _setting, _slug, _wrong_caption
-from featx.report.tables import _history_rows, _meta_line, _setup_rows, _summary_rows
+from featx.report.tables import MODELS_NOTE, _history_rows, _meta_line, _setup_rows, _summary_rows
 
 if TYPE_CHECKING:
     from featx.report.writer import _Assets
@@ -112,6 +112,7 @@ def _render_html(report: dict, verdict: dict, made: dict, assets: _Assets) -> st
     out.append("</header>")
 
     winner = f" winner-{_slug(verdict['winner'])}" if verdict["winner"] else ""
+    winner += f" decision-{_slug(verdict['decision'])}" if verdict.get("decision") else ""
     out += [f'<section id="verdict" class="verdict{winner}">',
             f'<p class="headline">{_e(verdict["headline"])}</p>', f'<p class="text">{_e(verdict["text"])}</p>',
             "</section>"]
@@ -123,8 +124,7 @@ def _render_html(report: dict, verdict: dict, made: dict, assets: _Assets) -> st
              for row in rows]
     out += ['<section id="models">', "<h2>Models</h2>"]
     out += _html_table("models", headers, cells, ident="models-table")
-    out += ['<p class="note">Scores on the eval split; precision, recall and F1 are macro averages. '
-            "Bold: best in its column.</p>", "</section>"]
+    out += [f'<p class="note">{_e(MODELS_NOTE)}</p>', "</section>"]
 
     out += ['<section id="setup">', "<h2>Setup</h2>",
             '<div class="scroll"><table class="setup"><tbody>']

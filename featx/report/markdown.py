@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from featx.report.format import MAX_SKIPPED_ROWS, _score, _setting, _wrong_caption
-from featx.report.tables import _history_rows, _meta_line, _setup_rows, _summary_rows
+from featx.report.tables import MODELS_NOTE, _history_rows, _meta_line, _setup_rows, _summary_rows
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|])")
@@ -45,8 +45,7 @@ def _render_md(report: dict, verdict: dict, made: dict) -> str:
     numeric = [False, False] + [True] * (len(headers) - 2)
     cells = [[f"**{_md(t)}**" if best else _md(t) for t, best in row] for row in rows]
     lines += _md_table(headers, cells, numeric) + [""]
-    lines += ["Scores on the eval split; precision, recall and F1 are macro averages. "
-              "Bold: best in its column.", ""]
+    lines += [_md(MODELS_NOTE), ""]
 
     lines += ["## Setup", ""]
     lines += _md_table(["", ""], [[_md(k), _md(v)] for k, v in _setup_rows(report)], [False, False]) + [""]

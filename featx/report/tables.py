@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from featx.report.format import DASH, _finite, _human_bytes, _rate, _score, _seconds
+from featx.report.format import DASH, _finite, _human_bytes, _interval, _rate, _score, _seconds
 from featx.report.verdict import _is_finetune
 
 
@@ -20,10 +20,12 @@ def _summary_columns(report: dict) -> list[tuple[str, Any, Any, str | None]]:
     metric = lambda key: (lambda m: (m.get("metrics") or {}).get(key))  # noqa: E731
     return [
         ("accuracy", metric("accuracy"), _score, "high"),
+        ("acc. 95% CI", metric("accuracy_ci"), _interval, None),
         ("balanced acc.", metric("balanced_accuracy"), _score, "high"),
         ("precision", metric("precision"), _score, "high"),
         ("recall", metric("recall"), _score, "high"),
         ("F1", metric("f1"), _score, "high"),
+        ("F1 95% CI", metric("macro_f1_ci"), _interval, None),
         ("ROC-AUC", metric("roc_auc"), _score, "high"),
         ("CV score", lambda m: m.get("cv_score"), _score, None),
         ("extraction s", lambda m: None if _is_finetune(m) else extraction, _seconds, None),
@@ -40,7 +42,7 @@ def _summary_rows(report: dict) -> tuple[list[str], list[list[tuple[str, bool]]]
     columns = _summary_columns(report)
     best: list[set[str]] = []
     for _, get, fmt, better in columns:
-        values = [_finite(get(m)) for m in models]
+        values = [_finite(get(m)) for m in models] if better else []
         present = [v for v in values if v is not None]
         if better is None or len(present) < 2:
             best.append(set())
@@ -60,6 +62,13 @@ def _summary_rows(report: dict) -> tuple[list[str], list[list[tuple[str, bool]]]
             row.append((text, text in marks and text != DASH))
         rows.append(row)
     return headers, rows
+
+
+# Under the model table in both formats: what the intervals are and how the verdict chose.
+MODELS_NOTE = ("Scores on the eval split; precision, recall and F1 are macro averages. Bold: best in its column. "
+               "95% intervals: accuracy by Wilson score, F1 by stratified bootstrap. The verdict compares the "
+               "fine-tuned model with the probe of the best train-split CV score (the eval split chooses nothing) "
+               "on the same images: exact McNemar test, Newcombe interval of the difference.")
 
 
 def _setup_rows(report: dict) -> list[tuple[str, str]]:

@@ -160,12 +160,17 @@ def _read_meta(f: h5py.File) -> dict:
     }
 
 
-def _open_main(path: Path) -> h5py.File:
-    if not path.exists():
-        raise StoreNotFound(f"store {str(path)!r} does not exist (create it with `featx extract`)")
+def refuse_folder(path: Path) -> None:
+    """A folder given where a store (a file) is expected is the user's mistake: one clear line."""
     if path.is_dir():
         raise StoreNotFound(f"{str(path)!r} is a folder, not a featx store (the .h5 file that `featx extract DATA "
                             "--store STORE.h5` writes)")
+
+
+def _open_main(path: Path) -> h5py.File:
+    if not path.exists():
+        raise StoreNotFound(f"store {str(path)!r} does not exist (create it with `featx extract`)")
+    refuse_folder(path)
     try:
         f = h5py.File(path, "r", locking=False)
     except OSError as exc:

@@ -13,7 +13,7 @@ import numpy as np
 
 from featx.store.errors import FingerprintMismatch, StoreError, StoreLocked, describe_fingerprint_difference
 from featx.store.journal import journal_dir
-from featx.store.layout import Rows, Skips, _open_main, _read_meta, _read_skips
+from featx.store.layout import Rows, Skips, StoreIndex, _open_main, _read_meta, _read_skips
 from featx.store.reader import FeatureStore
 from featx.store.writer import StoreWriter, lock_path
 
@@ -67,15 +67,64 @@ def merge_stores(
     drops the others in the same consolidation, and `remove` deletes the shard stores after
     the merged store is in place. Memory: one block of `chunk_rows` feature rows at a time.
     """
-    from filelock import FileLock, Timeout
-
     started = time.perf_counter()
     target = Path(store)
-    paths = list({Path(s).resolve(): Path(s) for s in shards}.values())  # each shard once
+    paths = _distinct_shards(target, shards)
+    metas = _compatible_metas(target, paths)
+    first = metas[0]
+    report = MergeReport(str(target), [str(p) for p in paths])
+    split_method = next((m["split_method"] for m in metas if m["split_method"]), {})
+    root = next((m["root"] for m in metas if m["root"]), "") or None
+    locks: list = []
+    try:
+        _lock_shards(paths, lock_timeout, locks)
+        writer = StoreWriter(
+            target, fingerprint=first["fingerprint"], fingerprint_id=first["fingerprint_id"],
+            feature_dtype=first["feature_dtype"], root=root, split_method=split_method,
+            random_weights=first["random_weights"], versions=first["versions"], lock_timeout=lock_timeout,
+        )
+        with writer:
+            index = writer.index()
+            with _open_main(target) as f:
+                cnn_before = _read_meta(f)["cnn_rows_total"]
+                old_skips = _read_skips(f)
+            skip_state = {old_skips.path[i]: _skip_state(old_skips, i) for i in range(len(old_skips))}
+            for p in paths:
+                with FeatureStore(p) as fs:
+                    _append_shard(writer, fs, index, skip_state, only_paths, chunk_rows, report)
+                    writer.record_merged(fs.store_id or f"{p.name}@{fs.created}", fs.cnn_rows_total)
+            if prune_paths is not None:
+                writer.consolidate(prune_paths=prune_paths)
+        with _open_main(target) as f:
+            meta = _read_meta(f)
+            report.cnn_rows_added = meta["cnn_rows_total"] - cnn_before
+            report.n_store_rows = int(f["features"].shape[0])
+        if remove:
+            # only now: the merged store is in place (a crash before this line just merges again)
+            _remove_shards(paths)
+            report.removed = True
+    finally:
+        for lock in locks:
+            lock.release()
+        if report.removed:
+            for p in paths:
+                lock_path(p).unlink(missing_ok=True)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _distinct_shards(target: Path, shards: Sequence[str | os.PathLike]) -> list[Path]:
+    """Each shard once (by resolved path); none of them the target itself."""
+    paths = list({Path(s).resolve(): Path(s) for s in shards}.values())
     if not paths:
         raise StoreError(f"nothing to merge into {target}: no shard stores given")
     if target.exists() and any(p.resolve() == target.resolve() for p in paths):
         raise StoreError(f"cannot merge store {target} into itself")
+    return paths
+
+
+def _compatible_metas(target: Path, paths: list[Path]) -> list[dict]:
+    """The shards' metadata, once they are known to agree with each other and with `target`."""
     metas = []
     for p in paths:
         with _open_main(p) as f:
@@ -101,80 +150,64 @@ def merge_stores(
             if other and other["root"] and m["root"] and other["root"] != m["root"]:
                 raise StoreError(f"shard {p} has root {m['root']!r} but {where} has {other['root']!r}; "
                                  "its paths would name other files; refusing to merge")
-    report = MergeReport(str(target), [str(p) for p in paths])
-    split_method = next((m["split_method"] for m in metas if m["split_method"]), {})
-    root = next((m["root"] for m in metas if m["root"]), "") or None
-    locks: list = []
-    try:
-        for p in paths:
-            lock = FileLock(str(lock_path(p)))
-            try:
-                lock.acquire(timeout=-1 if lock_timeout is None else lock_timeout)
-            except Timeout:
-                raise StoreLocked(f"shard {p} is being written by another featx process (lock {lock_path(p)} is "
-                                  "held); merge it when its extraction has finished") from None
-            locks.append(lock)
-        writer = StoreWriter(
-            target, fingerprint=first["fingerprint"], fingerprint_id=first["fingerprint_id"],
-            feature_dtype=first["feature_dtype"], root=root, split_method=split_method,
-            random_weights=first["random_weights"], versions=first["versions"], lock_timeout=lock_timeout,
-        )
-        with writer:
-            index = writer.index()
-            with _open_main(target) as f:
-                cnn_before = _read_meta(f)["cnn_rows_total"]
-                old_skips = _read_skips(f)
-            skip_state = {old_skips.path[i]: tuple(getattr(old_skips, k)[i] for k in Skips.FIELDS)
-                          for i in range(len(old_skips))}
-            dim = int(first["fingerprint"]["feature_dim"])
-            for p in paths:
-                with FeatureStore(p) as fs:
-                    rows = fs._rows
-                    take = []
-                    for i, path in enumerate(rows.path.tolist()):
-                        if only_paths is not None and path not in only_paths:
-                            report.rows_outside += 1
-                        elif index.same_row(rows, i):
-                            report.rows_unchanged += 1
-                        elif path in index.by_path and index.rows.mtime_ns[index.by_path[path]] > rows.mtime_ns[i]:
-                            report.rows_stale += 1
-                        else:
-                            take.append(i)
-                    take_index = np.array(take, np.int64)
-                    for start in range(0, len(take_index), chunk_rows):
-                        sel = take_index[start:start + chunk_rows]
-                        writer.append(Rows(fs.features(sel), *(getattr(rows, fld)[sel] for fld in Rows.FIELDS)))
-                    report.rows_added += len(take_index)
-                    sk = fs._skips
-                    keep = np.array([i for i in range(len(sk))
-                                     if (only_paths is None or sk.path[i] in only_paths)
-                                     and skip_state.get(sk.path[i]) != tuple(getattr(sk, k)[i] for k in Skips.FIELDS)
-                                     ], np.int64)
-                    if len(keep):
-                        writer.append(Rows.empty(dim, first["feature_dtype"]), sk.take(keep))
-                    report.skips_added += len(keep)
-                    writer.record_merged(fs.store_id or f"{p.name}@{fs.created}", fs.cnn_rows_total)
-            if prune_paths is not None:
-                writer.consolidate(prune_paths=prune_paths)
-        with _open_main(target) as f:
-            meta = _read_meta(f)
-            report.cnn_rows_added = meta["cnn_rows_total"] - cnn_before
-            report.n_store_rows = int(f["features"].shape[0])
-        if remove:
-            # only now: the merged store is in place (a crash before this line just merges again)
-            for p in paths:
-                p.unlink(missing_ok=True)
-                jdir = journal_dir(p)
-                if jdir.is_dir():
-                    for leftover in jdir.iterdir():
-                        leftover.unlink(missing_ok=True)
-                    jdir.rmdir()
-            report.removed = True
-    finally:
-        for lock in locks:
-            lock.release()
-        if report.removed:
-            for p in paths:
-                lock_path(p).unlink(missing_ok=True)
-    report.seconds = time.perf_counter() - started
-    return report
+    return metas
+
+
+def _lock_shards(paths: list[Path], lock_timeout: float | None, locks: list) -> None:
+    """Take each shard's writer lock, adding it to `locks` (the caller releases them)."""
+    from filelock import FileLock, Timeout
+
+    for p in paths:
+        lock = FileLock(str(lock_path(p)))
+        try:
+            lock.acquire(timeout=-1 if lock_timeout is None else lock_timeout)
+        except Timeout:
+            raise StoreLocked(f"shard {p} is being written by another featx process (lock {lock_path(p)} is "
+                              "held); merge it when its extraction has finished") from None
+        locks.append(lock)
+
+
+def _skip_state(skips: Skips, i: int) -> tuple:
+    return tuple(getattr(skips, k)[i] for k in Skips.FIELDS)
+
+
+def _append_shard(writer: StoreWriter, fs: FeatureStore, index: StoreIndex, skip_state: dict,
+                  only_paths: set[str] | None, chunk_rows: int, report: MergeReport) -> None:
+    """Append one shard's new rows (in blocks of `chunk_rows`) and new skips; count them in `report`.
+
+    `index` and `skip_state` describe the store before the merge began.
+    """
+    rows = fs._rows
+    take = []
+    for i, path in enumerate(rows.path.tolist()):
+        if only_paths is not None and path not in only_paths:
+            report.rows_outside += 1
+        elif index.same_row(rows, i):
+            report.rows_unchanged += 1
+        elif path in index.by_path and index.rows.mtime_ns[index.by_path[path]] > rows.mtime_ns[i]:
+            report.rows_stale += 1
+        else:
+            take.append(i)
+    take_index = np.array(take, np.int64)
+    for start in range(0, len(take_index), chunk_rows):
+        sel = take_index[start:start + chunk_rows]
+        writer.append(Rows(fs.features(sel), *(getattr(rows, fld)[sel] for fld in Rows.FIELDS)))
+    report.rows_added += len(take_index)
+    sk = fs._skips
+    keep = np.array([i for i in range(len(sk))
+                     if (only_paths is None or sk.path[i] in only_paths)
+                     and skip_state.get(sk.path[i]) != _skip_state(sk, i)], np.int64)
+    if len(keep):
+        writer.append(Rows.empty(fs.feature_dim, fs.feature_dtype), sk.take(keep))
+    report.skips_added += len(keep)
+
+
+def _remove_shards(paths: list[Path]) -> None:
+    """Delete the shard stores and their journals (their lock files go once the locks are released)."""
+    for p in paths:
+        p.unlink(missing_ok=True)
+        jdir = journal_dir(p)
+        if jdir.is_dir():
+            for leftover in jdir.iterdir():
+                leftover.unlink(missing_ok=True)
+            jdir.rmdir()

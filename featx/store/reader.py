@@ -121,6 +121,11 @@ class FeatureStore:
         return self._meta["fingerprint_id"]
 
     @property
+    def checksum_recorded(self) -> bool:
+        """False for a store from a featx without checksums (its next consolidation records them)."""
+        return "checksum" in self._file
+
+    @property
     def feature_dim(self) -> int:
         return int(self._meta["fingerprint"]["feature_dim"])
 
@@ -276,7 +281,7 @@ class FeatureStore:
             "root": self.root,
             "split_method": self.split_method,
             "pending_journal_parts": self.pending_parts,
-            "checksum_recorded": "checksum" in self._file,
+            "checksum_recorded": self.checksum_recorded,
             "cnn_rows_total": self.cnn_rows_total,
             "label_conflicts": self.label_conflicts(),
             "versions": self.versions,

@@ -45,6 +45,21 @@ def lock_path(path: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(path)}.lock")
 
 
+def acquire_lock(path: Path, timeout: float | None = 0):
+    """The writer lock of the store `path`, held (a filelock.FileLock: release() it); StoreLocked if
+    another process holds it past `timeout` (0: refuse at once; None: wait)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path(path)))
+    try:
+        lock.acquire(timeout=-1 if timeout is None else timeout)
+    except Timeout:
+        raise StoreLocked(
+            f"store {path} is being written by another featx process (lock {lock_path(path)} "
+            "is held); wait for it to finish — readers may open the store meanwhile"
+        ) from None
+    return lock
+
 class StoreWriter:
     """Appends rows to a store under an exclusive lock; see :mod:`featx.store` for the guarantees."""
 
@@ -90,18 +105,8 @@ class StoreWriter:
         self.close(error_in_flight=exc_type is not None)
 
     def open(self) -> None:
-        from filelock import FileLock, Timeout
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(lock_path(self.path)))
-        try:
-            lock.acquire(timeout=-1 if self._lock_timeout is None else self._lock_timeout)
-        except Timeout:
-            raise StoreLocked(
-                f"store {self.path} is being written by another featx process (lock {lock_path(self.path)} "
-                "is held); wait for it to finish — readers may open the store meanwhile"
-            ) from None
-        self._lock = lock
+        self._lock = acquire_lock(self.path, self._lock_timeout)
         try:
             # consolidation files of a killed writer: never renamed into place, so never part of the store
             for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):
