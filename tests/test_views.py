@@ -65,6 +65,12 @@ def test_views_are_in_the_fingerprint_only_when_used(backbone, flip_backbone):
     assert "views" not in backbone.fingerprint and "feature_sets" not in backbone.fingerprint
     rest = {k: v for k, v in flip_backbone.fingerprint.items() if k != "views"}
     assert rest == backbone.fingerprint and flip_backbone.fingerprint["views"] == "flip"
+    # the fingerprint extract plans with before building a model says the same (layers: unknown until built)
+    from featx.backbones import planned_fingerprint
+
+    cfg = BackboneConfig("mobilenet_0.25", image_size=TEST_SIZE, views="flip")
+    assert planned_fingerprint(cfg) == flip_backbone.fingerprint
+    assert planned_fingerprint(BackboneConfig("mobilenet_0.25", image_size=TEST_SIZE, layers=("final",))) is None
 
 
 def test_a_flip_store_refuses_one_view_rows(tmp_path, backbone, flip_backbone):
