@@ -6,6 +6,9 @@ Its own normalisation lives inside the model (stock Keras layers), so any backen
 same bytes and callers cannot get preprocessing wrong. Which backbones exist is featx.registry; where
 their weights come from (Keras cache, vendored, download, a file, random) is featx.weightfiles; both
 are re-exported here, so ``from featx.backbones import …`` stays the one public entry point.
+
+``views`` (the image and its mirror, and crops, averaged) and ``layers`` (several pooled blocks from one
+pass, side by side) are built into the same model (featx.featuresets).
 """
 
 from __future__ import annotations
@@ -106,6 +109,9 @@ class Backbone:
         self.fingerprint = fingerprint
         self.weights = weights
         self.pooling = pooling
+        #: Views averaged per image ("one", "flip", "flip+crops") and pooling per output (featx.featuresets).
+        self.views: str = fingerprint.get("views", "one")
+        self._poolings = [s["pooling"] for s in fingerprint.get("feature_sets") or ()] or [pooling]
         self._inference_model = None
         self.n_folded = 0  # BatchNormalization layers folded away in inference_model
 
@@ -125,7 +131,7 @@ class Backbone:
             folded, self.n_folded = fold_batchnorm(base)
             # Only the backbone computes in 16 bits; the input cast and the pooling stay float32.
             model = _assemble(self.spec, self.image_size, with_compute_dtype(folded, self.precision),
-                              self.pooling, fused_input=True)
+                              self._poolings, fused_input=True, views=self.views)
             run_check(model, self.image_size, self.precision)  # a clear error, not a backend trace
             self._inference_model = model
         return self._inference_model
@@ -165,6 +171,8 @@ class Backbone:
         weights_mirror: str | None = None,
         offline: bool | None = None,
         precision: str = "float32",
+        views: str = "one",
+        layers: str | tuple[str, ...] | None = None,
     ) -> "Backbone":
         """Build the backbone; raises WeightsUnavailable rather than falling back to random weights.
 
@@ -172,7 +180,10 @@ class Backbone:
         `weights_mirror`, default FEATX_WEIGHTS_MIRROR, else Keras' address) unless `offline`
         (default FEATX_OFFLINE); ``self.weights`` says where they came from.
         `precision` (float32, bfloat16, float16) is what inference_model computes in (featx.precision).
+        `views` ("one", "flip", "flip+crops") are averaged per image inside the model; `layers`
+        ("LAYER[:POOLING]", ...) are pooled side by side from one pass (see featx.featuresets).
         """
+        from featx.featuresets import check_views, parse_layers
         from featx.precision import check_precision
 
         check_precision(precision)
@@ -180,6 +191,10 @@ class Backbone:
         size = normalize_size(spec, image_size)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        check_views(views)
+        parsed = parse_layers(layers, pooling)
+        if parsed is not None and layer is not None:
+            raise ValueError("give layer= (one inner layer) or layers= (several feature sets), not both")
         source = resolve_weights(spec, weights, weights_mirror=weights_mirror, offline=offline)
 
         load_backend()  # first import of the backend, without its native start-up chatter
@@ -209,17 +224,8 @@ class Backbone:
             base = _with_imagenet_stddev_fix(base)
         base.trainable = False
 
-        if layer is not None:
-            try:
-                target = base.get_layer(layer)
-            except ValueError:
-                raise ValueError(
-                    f"backbone {spec.name!r} has no layer {layer!r}; "
-                    f"some of its layers: {', '.join(l.name for l in base.layers[-8:])}"
-                ) from None
-            base = keras.Model(base.inputs, target.output, name=f"{base.name}_{layer}")
-
-        model = _assemble(spec, size, base, pooling)
+        base = _with_outputs(spec, base, layer, parsed)
+        model = _assemble(spec, size, base, [p for _, p in parsed] if parsed else [pooling], views=views)
         x = model.output
 
         if source.kind == "none":
@@ -228,10 +234,39 @@ class Backbone:
             ).hexdigest()
         else:
             weights_sha = sha256_file(source.path)
-        pooled = pooling if len(base.output.shape) == 4 else None
+        pooled = pooling if parsed or len(base.output.shape) == 4 else None
         fingerprint = _fingerprint(spec, source.kind, weights_sha, size, pooled, layer, int(x.shape[-1]), stddev_fix,
                                    precision)
+        if views != "one":  # only when used, like precision: existing stores keep their fingerprint
+            fingerprint["views"] = views
+        if parsed is not None:  # likewise
+            from featx.featuresets import fingerprint_sets
+
+            fingerprint["feature_sets"] = fingerprint_sets(parsed, [int(o.shape[-1]) for o in base.outputs])
         return cls(spec, model, fingerprint, source, pooling=pooling)
+
+
+def _with_outputs(spec: BackboneSpec, base, layer: str | None, parsed: list[tuple[str, str]] | None):
+    """``base`` ending at `layer`, or with one output per feature set in `parsed` (``final``: its own
+    output), or ``base`` itself."""
+    import keras
+
+    if layer is not None:
+        return keras.Model(base.inputs, _layer_output(spec, base, layer), name=f"{base.name}_{layer}")
+    if parsed is not None:
+        outputs = [base.output if name == "final" else _layer_output(spec, base, name) for name, _ in parsed]
+        return keras.Model(base.inputs, outputs, name=f"{base.name}_sets")
+    return base
+
+
+def _layer_output(spec: BackboneSpec, base, layer: str):
+    try:
+        return base.get_layer(layer).output
+    except ValueError:
+        raise ValueError(
+            f"backbone {spec.name!r} has no layer {layer!r}; "
+            f"some of its layers: {', '.join(l.name for l in base.layers[-8:])}"
+        ) from None
 
 
 def _fingerprint(spec: BackboneSpec, weights_kind: str, weights_sha: str, size: tuple[int, int], pooling: str | None,
@@ -260,8 +295,9 @@ def planned_fingerprint(cfg: "BackboneConfig") -> dict | None:
     """Exactly the fingerprint ``cfg.build()`` would give, computed without Keras or a model (hashing
     the weights file only), or None when it cannot be known so: random weights, a named `layer` (its
     width and shape come from the model), weights that need a download, or an EfficientNet given as a
-    file (whether it needs the ImageNet std fix is read from its loaded values)."""
-    if cfg.layer is not None:
+    file (whether it needs the ImageNet std fix is read from its loaded values), or several `layers`
+    (their widths come from the model)."""
+    if cfg.layer is not None or cfg.layers is not None:
         return None
     spec = get_spec(cfg.name)
     size = normalize_size(spec, cfg.image_size)
@@ -272,8 +308,11 @@ def planned_fingerprint(cfg: "BackboneConfig") -> dict | None:
     stddev_fix = spec.constructor.startswith("EfficientNetB")
     if stddev_fix and source.kind != "imagenet":
         return None
-    return _fingerprint(spec, source.kind, sha256_file(source.path), size, cfg.pooling, None, spec.feature_dim,
-                        stddev_fix, cfg.precision)
+    fingerprint = _fingerprint(spec, source.kind, sha256_file(source.path), size, cfg.pooling, None,
+                               spec.feature_dim, stddev_fix, cfg.precision)
+    if cfg.views != "one":  # as Backbone.build records it
+        fingerprint["views"] = cfg.views
+    return fingerprint
 
 
 #: The ImageNet standard deviations (RGB) that keras.applications' EfficientNet (B0-B7) weight
@@ -325,14 +364,19 @@ def _with_imagenet_stddev_fix(base):
     return fixed
 
 
-def _assemble(spec: BackboneSpec, size: tuple[int, int], base, pooling: str, *, fused_input: bool = False):
-    """uint8 pixels -> the backbone's normalisation -> ``base`` -> pooled features, as one model.
+def _assemble(spec: BackboneSpec, size: tuple[int, int], base, poolings: list[str], *, fused_input: bool = False,
+              views: str = "one"):
+    """uint8 pixels -> the backbone's normalisation -> views -> ``base`` -> pooled features (one
+    pooling per output of ``base``, side by side) -> averaged over the views, as one model.
 
     ``fused_input``: let the first normalisation layer cast the uint8 pixels itself (Rescaling
     does) instead of a separate cast pass; the inference model does, the saved/trained one keeps
-    the layer layout fine-tuned files already have.
+    the layer layout fine-tuned files already have. The views are made after the normalisation,
+    which is per pixel and affine, so flipping and resizing commute with it.
     """
     import keras
+
+    from featx.featuresets import average_views, make_views
 
     norms = normalization_layers(spec.preprocessing)
     if fused_input and norms and isinstance(norms[0], keras.layers.Rescaling):
@@ -341,15 +385,26 @@ def _assemble(spec: BackboneSpec, size: tuple[int, int], base, pooling: str, *, 
         inputs, x = pixels_input(size)
     for norm in norms:
         x = norm(x)
-    x = base(x, training=False)
-    if len(x.shape) == 4:
-        pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
-        x = pool(name=f"featx_{pooling}_pool")(x)
-    elif len(x.shape) != 2:
-        x = keras.layers.Flatten(name="featx_flatten")(x)
+    outputs = base(make_views(x, views, size), training=False)
+    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    pooled = [_pool(out, pooling, "" if len(outputs) == 1 else f"_{i}")
+              for i, (out, pooling) in enumerate(zip(outputs, poolings))]
+    x = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="featx_feature_sets")(pooled)
+    x = average_views(x, views)
     model = keras.Model(inputs, x, name=f"featx_{spec.name.replace('.', '_')}")
     model.trainable = False
     return model
+
+
+def _pool(x, pooling: str, suffix: str):
+    import keras
+
+    if len(x.shape) == 4:
+        pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
+        return pool(name=f"featx_{pooling}_pool{suffix}")(x)
+    if len(x.shape) != 2:
+        return keras.layers.Flatten(name=f"featx_flatten{suffix}")(x)
+    return x
 
 
 # -- one built model per configuration and process ----------------------------------------------------------------
@@ -360,23 +415,28 @@ _SHARED_LOCK = threading.Lock()
 def shared_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet",
                     image_size: Any = None, pooling: str = "avg", layer: str | None = None,
                     precision: str = "float32", weights_mirror: str | None = None,
-                    offline: bool | None = None) -> Backbone:
+                    offline: bool | None = None, views: str = "one",
+                    layers: str | tuple[str, ...] | None = None) -> Backbone:
     """The backbone of this configuration, built once per process and reused by every later caller
     (``FeatureExtractor`` instances, the tasks of a Dask worker). Building holds a lock, so several
     threads asking at once build it once.
 
     The key is what determines the model: the canonical backbone name, the weights, the image size
     (by its text, so a list from a task's JSON config is usable; ``224`` and ``(224, 224)`` are built
-    separately, never wrongly shared), pooling, layer and precision. ``weights_mirror`` and
-    ``offline`` are not in it: they say only how a missing weights file is fetched, and the file is
-    verified the same way (Keras' published hash, or loading it) whichever way it came, so the built model is
-    the same; the first caller's settings are used for that fetch."""
+    separately, never wrongly shared), pooling, layer, precision, views and layers (canonical names).
+    ``weights_mirror`` and ``offline`` are not in it: they say only how a missing weights file is
+    fetched, and the file is verified the same way (Keras' published hash, or loading it) whichever way
+    it came, so the built model is the same; the first caller's settings are used for that fetch."""
     weights = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
-    key = (get_spec(name).name, weights, None if image_size is None else str(image_size), pooling, layer, precision)
+    from featx.featuresets import canonical_layers
+
+    layers = canonical_layers(layers, pooling)
+    key = (get_spec(name).name, weights, None if image_size is None else str(image_size), pooling, layer, precision,
+           views, layers)
     with _SHARED_LOCK:
         bb = _SHARED.get(key)
         if bb is None:
             bb = _SHARED[key] = Backbone.build(name, weights=weights, image_size=image_size, pooling=pooling,
                                                layer=layer, weights_mirror=weights_mirror, offline=offline,
-                                               precision=precision)
+                                               precision=precision, views=views, layers=layers)
     return bb

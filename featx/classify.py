@@ -24,6 +24,7 @@ import numpy as np
 from featx import linear, metrics
 from featx.backbones import Backbone, fingerprint_id
 from featx.extract import extract_features
+from featx.featuresets import ALL, feature_columns
 from featx.sources import SourceError, walk_images
 from featx.store import FeatureStore
 
@@ -38,6 +39,9 @@ class TrainReport:
     random_weights: bool
     seconds: float
     result: linear.TrainResult | None = None  # the fitted candidates (not serialised)
+    features: str = ALL  # the feature set trained on (featx.featuresets)
+    #: with features="best": the best CV score of each feature set tried
+    feature_scores: list[dict] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in vars(self).items() if k != "result"}
@@ -54,8 +58,17 @@ def train_store(
     calibrate: bool = False,
     n_jobs: int | None = None,
     random_state: int = 0,
+    features: str | None = None,
+    Cs: Sequence[float] | None = None,
 ) -> TrainReport:
-    """Choose and fit a linear classifier on the store's train split; save it bound to the fingerprint."""
+    """Choose and fit a linear classifier on the store's train split; save it bound to the fingerprint.
+
+    `features`: a feature set of the store (``featx info``; featx.featuresets), ``all`` (the whole
+    row, the default) or ``best``: each set and ``all`` trained, the best CV score kept (all scores in
+    ``report.feature_scores``). The classifier records its set, so evaluate and predict use the same columns.
+    `Cs`: the grid of C searched by CV (default featx.linear.DEFAULT_CS).
+    """
+    grid = {} if Cs is None else {"Cs": np.asarray(Cs, float)}
     started = time.perf_counter()
     with FeatureStore(store) as fs:
         X, y = fs.split("train")
@@ -63,12 +76,21 @@ def train_store(
             raise ValueError(
                 f"store {store} has no labelled rows in the train split (splits: {fs.info()['splits']})"
             )
-        result = linear.train(X, y, classifier=classifier, penalty=penalty, cv=cv, class_weight=class_weight,
-                              calibrate=calibrate, random_state=random_state, n_jobs=n_jobs,
-                              label_names=fs.label_names)
+        tried = []
+        for name in _feature_set_names(fs, features):
+            cols = feature_columns(fs.fingerprint, name)[1]
+            fit = linear.train(X[:, cols], y, classifier=classifier, penalty=penalty, cv=cv,
+                               class_weight=class_weight, calibrate=calibrate, random_state=random_state,
+                               n_jobs=n_jobs, label_names=fs.label_names, **grid)
+            tried.append((name, cols, fit))
+        # the best CV score; on a tie the earlier (a single set before their concatenation)
+        best = max(range(len(tried)), key=lambda i: (tried[i][2].best.cv_score_mean, -i))
+        name, cols, result = tried[best]
         candidates = [dataclasses.asdict(c) for c in result.candidates]
+        scores = [{"features": n, "n_features": c.stop - c.start, "name": r.name,
+                   "cv_score_mean": r.best.cv_score_mean, "cv_score_std": r.best.cv_score_std} for n, c, r in tried]
         report = TrainReport(str(out), result.name, candidates, len(X), fs.label_names, fs.random_weights,
-                             time.perf_counter() - started, result)
+                             time.perf_counter() - started, result, name, scores if features == "best" else [])
         from featx.runtime import versions
 
         linear.save_classifier(
@@ -83,11 +105,23 @@ def train_store(
                 "store": str(Path(store).resolve()),
                 "fingerprint_id": fs.fingerprint_id,
                 "random_weights": fs.random_weights,
+                "features": name,
+                "feature_columns": [cols.start, cols.stop],
+                **({"feature_scores": scores} if features == "best" else {}),
                 "versions": versions(),
                 "trained": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             },
         )
     return report
+
+
+def _feature_set_names(fs: FeatureStore, features: str | None) -> list[str]:
+    """The feature sets `features` asks to train on: one, or with ``best`` each set and (when there
+    are several) their concatenation."""
+    if features != "best":
+        return [feature_columns(fs.fingerprint, features)[0]]
+    sets = list(fs.feature_sets)
+    return sets + [ALL] if len(sets) > 1 else [ALL]
 
 
 def _map_labels(y_store: np.ndarray, store_names: list[str], model_names: list[str]) -> np.ndarray:
@@ -104,6 +138,7 @@ def evaluate_store(model: str | os.PathLike, store: str | os.PathLike, *, split:
     with FeatureStore(store) as fs:
         linear.check_fingerprint(saved.fingerprint, fs.fingerprint, what=f"store {store}")
         X, y = fs.split(split)
+        X = X[:, _saved_columns(saved)]
         if len(X) == 0:
             raise ValueError(
                 f"store {store} has no labelled rows in split {split!r} (splits: {fs.info()['splits']})"
@@ -122,6 +157,16 @@ def evaluate_store(model: str | os.PathLike, store: str | os.PathLike, *, split:
     return result
 
 
+def _saved_columns(saved: linear.SavedClassifier) -> slice:
+    """The columns a saved classifier was trained on (all of them for a file without a feature set)."""
+    name, cols = feature_columns(saved.fingerprint, saved.info.get("features"))
+    recorded = saved.info.get("feature_columns")
+    if recorded is not None and [cols.start, cols.stop] != list(recorded):
+        raise ValueError(f"feature set {name!r} is columns {recorded} in the classifier file but "
+                         f"{[cols.start, cols.stop]} in its fingerprint; the file is inconsistent")
+    return cols
+
+
 def backbone_for(fingerprint: dict, weights: str | os.PathLike | None = None) -> Backbone:
     """Rebuild the exact backbone a fingerprint describes, or refuse."""
     if weights is None:
@@ -137,7 +182,8 @@ def backbone_for(fingerprint: dict, weights: str | os.PathLike | None = None) ->
         seed = int(match.group(1))
     bb = Backbone.build(fingerprint["backbone"], weights=weights, image_size=tuple(fingerprint["image_size"]),
                         pooling=fingerprint.get("pooling") or "avg", layer=fingerprint.get("layer"), seed=seed,
-                        precision=fingerprint.get("precision", "float32"))
+                        precision=fingerprint.get("precision", "float32"), views=fingerprint.get("views", "one"),
+                        layers=[s["name"] for s in fingerprint.get("feature_sets") or ()] or None)
     # The decoder that made the training features is not part of the backbone: new images are decoded by
     # the CPU decoder, whose features agree with the GPU decoder's to round-off (featx.gpudecode).
     backbone_part = {k: v for k, v in fingerprint.items() if k != "decoder"}
@@ -175,7 +221,7 @@ def predict_images(
     ok = feats.ok
     predictions: list[dict] = []
     if ok.any():
-        X = feats.features[ok]
+        X = feats.features[ok][:, _saved_columns(saved)]
         pred, _ = linear.predict_scores(saved.estimator, X)
         proba = saved.estimator.predict_proba(X) if hasattr(saved.estimator, "predict_proba") else None
         classes = [saved.label_names[int(c)] for c in saved.estimator.classes_]

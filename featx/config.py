@@ -35,8 +35,10 @@ class BackboneConfig:
     ``name``: a registry name (``featx backbones``); ``weights``: "imagenet", a weights file path, or
     None / "none" for seeded random weights (said everywhere); ``image_size``: int or (H, W), default
     the backbone's own; ``pooling``: "avg" or "max"; ``layer``: a named inner layer instead of the last
-    block; ``precision``: what the model computes in (featx.precision). ``weights_mirror`` / ``offline``
-    say only how a missing ImageNet file is fetched (they never change the features).
+    block; ``precision``: what the model computes in (featx.precision); ``views``: "one", "flip" or
+    "flip+crops", averaged per image; ``layers``: several feature sets from one pass, ("LAYER[:POOLING]",
+    ...) (both: featx.featuresets). ``weights_mirror`` / ``offline`` say only how a missing ImageNet
+    file is fetched (they never change the features).
     """
 
     name: str = DEFAULT_BACKBONE
@@ -45,6 +47,8 @@ class BackboneConfig:
     pooling: str = "avg"
     layer: str | None = None
     precision: str = "float32"
+    views: str = "one"
+    layers: tuple[str, ...] | None = None
     weights_mirror: str | None = None
     offline: bool | None = None
 
@@ -55,6 +59,9 @@ class BackboneConfig:
             object.__setattr__(self, "weights", os.fspath(self.weights))
         if isinstance(self.image_size, list):
             object.__setattr__(self, "image_size", tuple(self.image_size))
+        if self.layers is not None and not isinstance(self.layers, tuple):  # "a,b" or a JSON list
+            layers = self.layers.split(",") if isinstance(self.layers, str) else self.layers
+            object.__setattr__(self, "layers", tuple(layers))
 
     @classmethod
     def coerce(cls, backbone: "str | BackboneConfig | None" = None, **settings: Any) -> "BackboneConfig":
@@ -69,16 +76,24 @@ class BackboneConfig:
         return cls(backbone or DEFAULT_BACKBONE, **settings)
 
     def check(self) -> "BackboneConfig":
-        """Cheap validation (no Keras): a known backbone, a valid pooling and precision. Returns the
-        config with the canonical registry name, so a typo fails before a large folder is scanned."""
+        """Cheap validation (no Keras): a known backbone, a valid pooling, precision, views and layers.
+        Returns the config with the canonical registry name and layer names (``LAYER:POOLING``), so a
+        typo fails before a large folder is scanned."""
         from featx.backbones import POOLINGS, get_spec
+        from featx.featuresets import canonical_layers, check_views
         from featx.precision import check_precision
 
         spec = get_spec(self.name)
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         check_precision(self.precision)
-        return replace(self, name=spec.name) if spec.name != self.name else self
+        check_views(self.views)
+        layers = canonical_layers(self.layers, self.pooling)
+        if layers is not None and self.layer is not None:
+            raise ValueError("give layer (one inner layer) or layers (several feature sets), not both")
+        canonical = {"name": spec.name, "layers": layers}
+        changed = {k: v for k, v in canonical.items() if getattr(self, k) != v}
+        return replace(self, **changed) if changed else self
 
     def build(self, *, seed: int = 0) -> "Backbone":
         """A new backbone of these settings (featx.backbones.Backbone.build); ``seed`` seeds random
@@ -96,13 +111,16 @@ class BackboneConfig:
     def _build_kwargs(self) -> dict:
         weights = None if self.weights in (None, "none") else self.weights
         return {"weights": weights, "image_size": self.image_size, "pooling": self.pooling, "layer": self.layer,
-                "precision": self.precision, "weights_mirror": self.weights_mirror, "offline": self.offline}
+                "precision": self.precision, "weights_mirror": self.weights_mirror, "offline": self.offline,
+                "views": self.views, "layers": self.layers}
 
     def to_dict(self) -> dict:
         """JSON-safe (for a Dask task, a report, a CLI --json)."""
         out = asdict(self)
         if isinstance(out["image_size"], tuple):
             out["image_size"] = list(out["image_size"])
+        if out["layers"] is not None:
+            out["layers"] = list(out["layers"])
         return out
 
     @classmethod

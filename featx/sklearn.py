@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from featx.backbones import (DEFAULT_BACKBONE, POOLINGS, Backbone, fingerprint_id, get_spec, resolve_weights,
                              shared_backbone)
+from featx.featuresets import canonical_layers, check_views
 from featx.oom import auto_batch_size, check_batch_size
 from featx.precision import check_precision
 from featx.store import FEATURE_DTYPES
@@ -85,6 +86,12 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     pooling : {"avg", "max"}, default="avg"
     layer : str, optional
         Take features from this named layer instead of the last conv block.
+    views : {"one", "flip", "flip+crops"}, default="one"
+        Views of each image whose features are averaged into its row (made inside the model, on the
+        device; see ``featx.featuresets``).
+    layers : sequence of str, optional
+        Several feature sets from one pass, side by side: ``"LAYER"`` or ``"LAYER:POOLING"``
+        (``final`` = the last block), e.g. ``("final:avg", "final:max")``. Excludes ``layer``.
     batch_size : int or "auto", default=32
         Images per model call; "auto" picks it from the free memory (see ``featx.oom.auto_batch_size``).
     dtype : {"float32", "float16"}, default="float32"
@@ -133,6 +140,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         workers: int | None = None,
         weights_mirror: str | None = None,
         offline: bool | None = None,
+        views: str = "one",
+        layers: tuple[str, ...] | None = None,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -147,6 +156,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.workers = workers
         self.weights_mirror = weights_mirror
         self.offline = offline
+        self.views = views
+        self.layers = layers
 
     # -- sklearn contract ---------------------------------------------------------------------
     def __sklearn_tags__(self):
@@ -175,6 +186,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         if self.dtype not in FEATURE_DTYPES:
             raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, got {self.dtype!r}")
         check_precision(self.precision)
+        check_views(self.views)
+        if canonical_layers(self.layers, self.pooling) is not None and self.layer is not None:
+            raise ValueError("give layer (one inner layer) or layers (several feature sets), not both")
         check_batch_size(self.batch_size)
         # fails now if the weights cannot be had (offline, or a failed download), not in transform
         resolve_weights(spec, self.weights, weights_mirror=self.weights_mirror, offline=self.offline)
@@ -185,7 +199,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                 self.feature_names_in_ = np.array(columns, dtype=object)
             elif hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
-        self.n_features_out_ = spec.feature_dim if self.layer is None else self._get_backbone().feature_dim
+        simple = self.layer is None and self.layers is None
+        self.n_features_out_ = spec.feature_dim if simple else self._get_backbone().feature_dim
         return self
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
@@ -205,7 +220,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             # one model per configuration and process, shared with every other extractor (featx.backbones)
             bb = self._backbone = shared_backbone(
                 self.backbone, weights=self.weights, image_size=self.image_size, pooling=self.pooling,
-                layer=self.layer, precision=self.precision, weights_mirror=self.weights_mirror, offline=self.offline)
+                layer=self.layer, precision=self.precision, weights_mirror=self.weights_mirror, offline=self.offline,
+                views=self.views, layers=self.layers)
         return bb
 
     def _batch_size(self, bb: Backbone) -> int:

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from featx import tune
 from featx.config import BackboneConfig, SplitConfig
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -74,6 +75,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         device=args.device, allow_outside_root=args.allow_outside_root, progress=not args.no_progress,
         image_timeout=args.image_timeout or None,
     )
+    options = tune.backbone_from_args(args, options)  # --views / --layers: a built backbone
     try:
         if args.cluster:
             from featx.distributed import extract_distributed, parse_cluster
@@ -112,6 +114,8 @@ def _check_train_args(args: argparse.Namespace) -> None:
                                           ("--holdout-fraction", args.holdout_fraction)) if value is not None]
     if sgd_only and not args.sgd:
         raise UsageError(f"{', '.join(sgd_only)} go with --sgd")
+    if args.features is not None and args.sgd:
+        raise UsageError("--features goes with in-memory training, not --sgd")
     if args.sgd and args.calibrate:
         raise UsageError("--calibrate is not available with --sgd (use --classifier logreg for probabilities)")
 
@@ -159,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     report = train_store(args.store, args.out, classifier=args.classifier, penalty=args.penalty, cv=args.cv,
                          class_weight=args.class_weight, calibrate=args.calibrate, n_jobs=args.n_jobs,
-                         random_state=args.seed)
+                         random_state=args.seed, features=args.features)
     if args.json:
         _print_json(report.to_dict())
         return EXIT_OK
@@ -168,6 +172,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"C chosen by {args.cv}-fold stratified CV",
         ["classifier", "penalty", "best_C", "cv_score_mean", "cv_score_std", "n_nonzero_weights", "fit_seconds"],
         " (best CV accuracy)")
+    if report.features != "all" or report.feature_scores:
+        print(tune.format_feature_scores(report))
     return EXIT_OK
 
 
@@ -220,6 +226,8 @@ def _print_store_info(info: dict) -> None:
           f"pooling {fp['pooling']}, layer {fp['layer'] or '(last conv block)'}")
     print(f"features     {info['n_images']} × {info['feature_dim']} {info['feature_dtype']}  "
           f"(fingerprint {info['fingerprint_id']})")
+    sets = ", ".join(f"{name} [{a}:{b}]" for name, (a, b) in info["feature_sets"].items())
+    print(f"sets         {sets}; views {info['views']}")
     print(f"splits       {info['splits']}   split method {info['split_method'] or '-'}")
     print(f"classes      {info['labels']}")
     print(f"skipped      {info['n_skipped']} {info['skipped_by_kind'] or ''}")

@@ -11,6 +11,7 @@ import argparse
 from dataclasses import fields
 
 from featx.backbones import POOLINGS
+from featx import tune
 from featx.cli import commands
 from featx.config import BackboneConfig, SplitConfig
 from featx.finetune.settings import AUGMENTATIONS, MONITORS, FinetuneSettings
@@ -122,6 +123,7 @@ def _add_extract(sub) -> None:
     _add_extract_cluster_options(p)
     p.add_argument("--no-progress", action="store_true")
     _add_json(p, "print the summary as JSON")
+    tune.add_feature_options(p)
     p.set_defaults(func=commands.cmd_extract)
 
 
@@ -168,6 +170,7 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     _add_sgd_options(p)
     _add_json(p)
+    tune.add_train_features(p)
     p.set_defaults(func=commands.cmd_train)
 
 
@@ -334,4 +337,5 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add_command in COMMAND_BUILDERS:
         add_command(sub)
+    tune.add_parser(sub)
     return parser

@@ -130,6 +130,14 @@ class FeatureStore:
         return int(self._meta["fingerprint"]["feature_dim"])
 
     @property
+    def feature_sets(self) -> dict[str, slice]:
+        """Feature set name → its columns: the fingerprint's ``feature_sets`` (several layers in one
+        row), else the one implicit set ``final`` (featx.featuresets)."""
+        from featx.featuresets import feature_sets
+
+        return feature_sets(self._meta["fingerprint"])
+
+    @property
     def feature_dtype(self) -> str:
         return self._meta["feature_dtype"]
 
@@ -267,6 +275,8 @@ class FeatureStore:
             "fingerprint_id": self.fingerprint_id,
             "random_weights": self.random_weights,
             "feature_dim": self.feature_dim,
+            "feature_sets": {name: [cols.start, cols.stop] for name, cols in self.feature_sets.items()},
+            "views": self.fingerprint.get("views", "one"),
             "feature_dtype": self.feature_dtype,
             "root": self.root,
             "split_method": self.split_method,
