@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -163,6 +163,7 @@ def compare(
     weights: str | os.PathLike | None = "imagenet",
     image_size: int | tuple[int, int] | None = None,
     split: str = "validation",
+    views: str = "one",
     batch_size: int = 32,
     workers: int | None = None,
     classifier: str = "all",
@@ -185,12 +186,13 @@ def compare(
 ) -> CompareResult:
     """Run feature transfer and fine-tuning on `data`, evaluate both on `split`, write the report to `out`.
 
-    Writes ``out/features.h5`` (the store; a rerun reuses it), ``out/models/*.skops`` and
+    `views` ("one", "flip", "flip+crops"; featx.featuresets) are averaged into the probes' features;
+    the fine-tuned network sees one view per image. Writes ``out/features.h5`` (the store; a rerun reuses it), ``out/models/*.skops`` and
     ``out/models/finetuned.keras``, and ``out/report.{md,json,html}`` with ``out/assets/``.
     """
     from featx.report import embedding_2d, write_report
 
-    bb = BackboneConfig.coerce(backbone, weights=weights, image_size=image_size)
+    bb = BackboneConfig.coerce(backbone, weights=weights, image_size=image_size, views=views).check()
     splits = SplitConfig(validation_fraction, test_fraction, split_seed).check()
     # checked now, so a bad fine-tuning setting fails before the extraction, not after it
     training = ft.FinetuneSettings(epochs=epochs, unfreeze=unfreeze, lr=lr, augment=augment, batch_size=batch_size,
@@ -212,7 +214,11 @@ def compare(
     # 3. parameter transfer: LP-FT from the same store, judged on the same held-out images. Every wrong
     # image is listed (n_wrong=all) so its per-image correctness pairs with the probes' for the verdict.
     model_path = out / "models" / "finetuned.keras"
-    finetuned = ft.finetune(image_set, model_path, backbone=bb, settings=training, store=store, workers=workers,
+    # fine-tuning trains and predicts on one view per image (its augmentation already flips); its probe head
+    # starts from the store's features only when they are one-view features of the same network
+    one_view = replace(bb, views="one", layers=None)
+    finetuned = ft.finetune(image_set, model_path, backbone=one_view, settings=training,
+                            store=store if one_view == bb else None, workers=workers,
                             split_seed=splits.seed)
     evaluation = ft.evaluate(model_path, store, split=split, batch_size=batch_size, workers=workers,
                              n_wrong=len(held.X_eval))

@@ -19,14 +19,11 @@ extra cost. The estimate ranks, not the measurement: one extraction's timing on 
 too noisy to rank by (224 px once measured slower than 256 px on a loaded 2-core host). The held-out split is
 used once, for the chosen recipe: its classifier is fitted on train and evaluated there.
 
-Command-line helpers used by featx.cli live here too: ``add_parser`` / ``run`` (the ``tune``
-command), ``add_feature_options`` / ``backbone_from_args`` (``extract --views --layers``) and
-``add_train_features`` / ``format_feature_scores`` (``train --features``).
+The ``featx tune`` command and the ``--views`` / ``--layers`` / ``--features`` options are in featx.cli.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -282,94 +279,3 @@ def _use_options(cfg: BackboneConfig, row: RecipeRow) -> dict:
         parts.append(f"--layers {','.join(row.layers or [])}")
     train = f" --features {row.features}" if row.features not in ("final", f"final:{cfg.pooling}") else ""
     return {"extract": "featx extract " + " ".join(parts), "train": "featx train" + train}
-
-
-# -- command line -------------------------------------------------------------------------------------------------
-def add_feature_options(p: argparse.ArgumentParser) -> None:
-    """``--views`` and ``--layers`` (for ``featx extract``)."""
-    p.add_argument("--views", choices=VIEWS, default="one",
-                   help="views averaged into each image's row: one (default), flip (image + mirror, 2× the "
-                        "model cost) or flip+crops (+ the central 7/8 crop and its mirror, 4×); recorded in the "
-                        "fingerprint")
-    p.add_argument("--layers", default=None, metavar="LAYER[:POOL],...",
-                   help="several feature sets in one pass, side by side: layer names (final = the last block) "
-                        "with an optional :avg or :max, e.g. final:avg,final:max,conv_pw_11_relu; "
-                        "`featx info` lists them, `featx train --features` picks one")
-
-
-def backbone_from_args(args: argparse.Namespace, options: dict) -> dict:
-    """`options` for featx.extract.extract, with a built backbone when --views / --layers ask for one."""
-    if args.views == "one" and args.layers is None:
-        return options
-    if args.cluster or args.shard:
-        from featx.cli import UsageError
-
-        raise UsageError("--views and --layers are not yet available with --cluster or --shard")
-    cfg = BackboneConfig(args.backbone, weights=args.weights, image_size=args.image_size, pooling=args.pooling,
-                         layer=args.layer, precision=args.precision, views=args.views, layers=args.layers).check()
-    drop = ("weights", "image_size", "pooling", "layer")  # all in the built backbone now
-    return {**{k: v for k, v in options.items() if k not in drop}, "backbone": cfg.build()}
-
-
-def add_train_features(p: argparse.ArgumentParser) -> None:
-    """``--features`` (for ``featx train``)."""
-    p.add_argument("--features", default=None, metavar="NAME|all|best",
-                   help="the store's feature set to train on (`featx info` lists them), all (the whole row, the "
-                        "default) or best (each set and all, the best CV score kept)")
-
-
-def format_feature_scores(report) -> str:
-    """The ``--features best`` comparison (empty when one set was trained)."""
-    from featx.metrics import format_table
-
-    if not report.feature_scores:
-        return f"features: {report.features}" if report.features != ALL else ""
-    table = format_table(report.feature_scores, ["features", "n_features", "name", "cv_score_mean", "cv_score_std"])
-    return f"{table}\nkept feature set {report.features} (best CV accuracy)"
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "tune", help="search input size, views and feature sets by CV on the train split",
-        description="Extract one store per input size × views (kept under OUT/stores; a rerun recomputes "
-                    "nothing), score each feature set by CV accuracy on the train split, show the score next to "
-                    "the extraction cost, choose (best CV; within one standard error of it, the cheapest) and "
-                    "evaluate the chosen recipe once on the held-out split. Example: featx tune data/flowers "
-                    "--out cache/tune --backbone mobilenet_0.25 --budget 3")
-    p.add_argument("data", help="folder of class folders (optionally under train/ validation/ test/), or a CSV")
-    p.add_argument("--out", required=True, help="folder for the stores, costs.json and the chosen classifier")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    p.add_argument("--weights", default="imagenet")
-    p.add_argument("--sizes", type=int, nargs="+", default=None,
-                   help="input sizes besides the default (default: 8/7 and 9/7 of it, e.g. 256 288)")
-    p.add_argument("--views", nargs="+", choices=VIEWS, default=list(VIEWS))
-    p.add_argument("--layers", default="final:max", metavar="LAYER[:POOL],...",
-                   help="feature sets besides final:avg, from the same pass (default final:max; '' for none)")
-    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
-                   help="largest estimated extraction-cost ratio vs the default recipe to try (default 3)")
-    p.add_argument("--max-recipes", type=int, default=None,
-                   help="extract at most this many stores (size × views), cheapest first")
-    p.add_argument("--cv", type=int, default=5)
-    p.add_argument("--classifier", choices=["logreg", "svm"], default="logreg")
-    p.add_argument("--split", choices=["validation", "test"], default="validation",
-                   help="held-out split, used once, for the chosen recipe")
-    p.add_argument("--batch-size", type=int, default=32, help="images per model call (fixed, so costs compare)")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--validation-fraction", type=float, default=0.2)
-    p.add_argument("--test-fraction", type=float, default=0.0)
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--n-jobs", type=int, default=-1)
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    result = tune(args.data, args.out, backbone=args.backbone, weights=args.weights, sizes=args.sizes,
-                  views=args.views, layers=args.layers or None, budget=args.budget, max_recipes=args.max_recipes,
-                  cv=args.cv, classifier=args.classifier, split=args.split, batch_size=args.batch_size,
-                  workers=args.workers, validation_fraction=args.validation_fraction,
-                  test_fraction=args.test_fraction, split_seed=args.split_seed, n_jobs=args.n_jobs,
-                  progress=not args.no_progress)
-    print(json.dumps(result.to_dict(), indent=2, default=str) if args.json else result.format())
-    return 0

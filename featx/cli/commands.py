@@ -12,14 +12,13 @@ import json
 import sys
 from pathlib import Path
 
-from featx import tune
 from featx.config import BackboneConfig, SplitConfig
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 # the argparse dest of each BackboneConfig field (a command has some of them: finetune has no --pooling)
 _BACKBONE_DESTS = {"name": "backbone", "weights": "weights", "image_size": "image_size", "pooling": "pooling",
-                   "layer": "layer", "precision": "precision"}
+                   "layer": "layer", "precision": "precision", "views": "views", "layers": "layers"}
 
 
 class UsageError(Exception):
@@ -69,13 +68,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from featx.extract import ExtractionInterrupted, extract
 
     _check_extract_args(args)
-    options = dict(
-        **_library_keywords(_backbone_config(args), _split_config(args)),
-        batch_size=args.batch_size, dtype=args.dtype, decoder=args.decoder, workers=args.workers,
-        device=args.device, allow_outside_root=args.allow_outside_root, progress=not args.no_progress,
-        image_timeout=args.image_timeout or None,
+    split = _split_config(args)
+    options = dict(  # the backbone as its config: views and layers travel to Dask workers with it
+        backbone=_backbone_config(args), validation_fraction=split.validation_fraction,
+        test_fraction=split.test_fraction, split_seed=split.seed, batch_size=args.batch_size, dtype=args.dtype,
+        decoder=args.decoder, workers=args.workers, device=args.device, allow_outside_root=args.allow_outside_root,
+        progress=not args.no_progress, image_timeout=args.image_timeout or None,
     )
-    options = tune.backbone_from_args(args, options)  # --views / --layers: a built backbone
     try:
         if args.cluster:
             from featx.distributed import extract_distributed, parse_cluster
@@ -173,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         ["classifier", "penalty", "best_C", "cv_score_mean", "cv_score_std", "n_nonzero_weights", "fit_seconds"],
         " (best CV accuracy)")
     if report.features != "all" or report.feature_scores:
-        print(tune.format_feature_scores(report))
+        print(_feature_scores_text(report))
     return EXIT_OK
 
 
@@ -307,8 +306,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from featx.compare import compare
 
-    result = compare(args.data, args.out, **_finetune_keywords(args), split=args.split, cv=args.cv,
-                     n_jobs=args.n_jobs, progress=not args.no_progress)
+    result = compare(args.data, args.out, **_finetune_keywords(args), split=args.split, views=args.views,
+                     cv=args.cv, n_jobs=args.n_jobs, progress=not args.no_progress)
     if args.json:
         _print_json({"files": result.files, "verdict": result.verdict})
         return EXIT_OK
@@ -323,3 +322,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from featx.demo import run_demo
 
     return run_demo(workdir=args.workdir, progress=not args.no_progress)
+
+
+def _feature_scores_text(report) -> str:
+    """`featx train --features best`: each feature set's CV score, and the one kept."""
+    from featx.featuresets import ALL
+    from featx.metrics import format_table
+
+    if not report.feature_scores:
+        return f"features: {report.features}" if report.features != ALL else ""
+    table = format_table(report.feature_scores, ["features", "n_features", "name", "cv_score_mean", "cv_score_std"])
+    return f"{table}\nkept feature set {report.features} (best CV accuracy)"
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from featx.tune import tune
+
+    split = _split_config(args)
+    result = tune(args.data, args.out, backbone=args.backbone, weights=args.weights, sizes=args.sizes,
+                  views=args.views, layers=args.layers or None, budget=args.budget, max_recipes=args.max_recipes,
+                  cv=args.cv, classifier=args.classifier, split=args.split, batch_size=args.batch_size,
+                  workers=args.workers, validation_fraction=split.validation_fraction,
+                  test_fraction=split.test_fraction, split_seed=split.seed, n_jobs=args.n_jobs,
+                  progress=not args.no_progress)
+    _print_json(result.to_dict()) if args.json else print(result.format())
+    return EXIT_OK

@@ -11,9 +11,10 @@ import argparse
 from dataclasses import fields
 
 from featx.backbones import POOLINGS
-from featx import tune
 from featx.cli import commands
 from featx.config import BackboneConfig, SplitConfig
+from featx.featuresets import VIEWS
+from featx.tune import DEFAULT_BUDGET
 from featx.finetune.settings import AUGMENTATIONS, MONITORS, FinetuneSettings
 from featx.gpudecode import DECODERS, DEFAULT_DECODER
 from featx.pipeline import DEFAULT_IMAGE_TIMEOUT
@@ -27,6 +28,8 @@ OFFLINE_HELP = ("never touch the network: ImageNet weights missing from the Kera
                 "download (also FEATX_OFFLINE=1)")
 WEIGHTS_HELP = ("imagenet (default): the Keras cache ($KERAS_HOME/models), else downloaded there on first use "
                 "from keras.applications' address or FEATX_WEIGHTS_MIRROR; a weights file path; or none (random)")
+VIEWS_HELP = ("views averaged into each image's row: one (default), flip (image + mirror, 2× the model cost) or "
+              "flip+crops (+ the central 7/8 crop and its mirror, 4×); recorded in the fingerprint")
 CLUSTER_METAVAR = "local[:N]|tcp://HOST:PORT"
 UNSAFE_MODEL_HELP = "load a .keras model even if it holds Lambda layers (runs their code: trusted files only)"
 
@@ -84,6 +87,15 @@ def _add_split_options(p: argparse.ArgumentParser, validation_help: str | None =
     p.add_argument("--split-seed", type=int, default=SPLIT_DEFAULTS["seed"])
 
 
+def _add_feature_options(p: argparse.ArgumentParser) -> None:
+    """--views and --layers: BackboneConfig's feature settings (featx.featuresets)."""
+    p.add_argument("--views", choices=VIEWS, default=BACKBONE_DEFAULTS["views"], help=VIEWS_HELP)
+    p.add_argument("--layers", default=None, metavar="LAYER[:POOL],...",
+                   help="several feature sets in one pass, side by side: layer names (final = the last block) "
+                        "with an optional :avg or :max, e.g. final:avg,final:max,conv_pw_11_relu; "
+                        "`featx info` lists them, `featx train --features` picks one")
+
+
 # -- one builder per command ------------------------------------------------------------------------
 def _add_extract(sub) -> None:
     p = sub.add_parser("extract", help="extract features of an image set into a store",
@@ -123,7 +135,7 @@ def _add_extract(sub) -> None:
     _add_extract_cluster_options(p)
     p.add_argument("--no-progress", action="store_true")
     _add_json(p, "print the summary as JSON")
-    tune.add_feature_options(p)
+    _add_feature_options(p)
     p.set_defaults(func=commands.cmd_extract)
 
 
@@ -170,7 +182,9 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     _add_sgd_options(p)
     _add_json(p)
-    tune.add_train_features(p)
+    p.add_argument("--features", default=None, metavar="NAME|all|best",
+                   help="the store's feature set to train on (`featx info` lists them), all (the whole row, the "
+                        "default) or best (each set and all, the best CV score kept)")
     p.set_defaults(func=commands.cmd_train)
 
 
@@ -301,6 +315,8 @@ def _add_compare(sub) -> None:
     p.add_argument("--out", required=True, help="report folder (holds the store, the models and the report)")
     p.add_argument("--split", choices=["validation", "test"], default="validation",
                    help="held-out split for the numbers (never used for any selection)")
+    p.add_argument("--views", choices=VIEWS, default=BACKBONE_DEFAULTS["views"],
+                   help=VIEWS_HELP + " (the feature-transfer side; fine-tuning sees one view per image)")
     p.add_argument("--cv", type=int, default=5, help="folds for choosing C (default 5)")
     p.add_argument("--n-jobs", type=int, default=-1)
     p.add_argument("--no-progress", action="store_true")
@@ -318,8 +334,41 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=commands.cmd_demo)
 
 
+def _add_tune(sub) -> None:
+    p = sub.add_parser(
+        "tune", help="search input size, views and feature sets by CV on the train split",
+        description="Extract one store per input size × views (kept under OUT/stores; a rerun recomputes "
+                    "nothing), score each feature set by CV accuracy on the train split, show the score next to "
+                    "the extraction cost, choose (best CV; within one standard error of it, the cheapest) and "
+                    "evaluate the chosen recipe once on the held-out split. Example: featx tune data/flowers "
+                    "--out cache/tune --backbone mobilenet_0.25 --budget 3")
+    p.add_argument("data", help="folder of class folders (optionally under train/ validation/ test/), or a CSV")
+    p.add_argument("--out", required=True, help="folder for the stores, costs.json and the chosen classifier")
+    _add_backbone_options(p)
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="input sizes besides the default (default: 8/7 and 9/7 of it, e.g. 256 288)")
+    p.add_argument("--views", nargs="+", choices=VIEWS, default=list(VIEWS))
+    p.add_argument("--layers", default="final:max", metavar="LAYER[:POOL],...",
+                   help="feature sets besides final:avg, from the same pass (default final:max; '' for none)")
+    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
+                   help="largest estimated extraction-cost ratio vs the default recipe to try (default %(default)s)")
+    p.add_argument("--max-recipes", type=int, default=None,
+                   help="extract at most this many stores (size × views), cheapest first")
+    p.add_argument("--cv", type=int, default=5)
+    p.add_argument("--classifier", choices=["logreg", "svm"], default="logreg")
+    p.add_argument("--split", choices=["validation", "test"], default="validation",
+                   help="held-out split, used once, for the chosen recipe")
+    p.add_argument("--batch-size", type=int, default=32, help="images per model call (fixed, so costs compare)")
+    p.add_argument("--workers", type=int, default=None)
+    _add_split_options(p)
+    p.add_argument("--n-jobs", type=int, default=-1)
+    p.add_argument("--no-progress", action="store_true")
+    _add_json(p)
+    p.set_defaults(func=commands.cmd_tune)
+
+
 COMMAND_BUILDERS = (_add_extract, _add_merge, _add_train, _add_evaluate, _add_predict, _add_info, _add_backbones,
-                    _add_finetune, _add_compare, _add_demo)
+                    _add_finetune, _add_compare, _add_tune, _add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,5 +386,4 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add_command in COMMAND_BUILDERS:
         add_command(sub)
-    tune.add_parser(sub)
     return parser

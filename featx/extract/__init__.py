@@ -47,6 +47,8 @@ def extract(
     image_size: int | tuple[int, int] | None = None,
     pooling: str = "avg",
     layer: str | None = None,
+    views: str = "one",
+    layers: Sequence[str] | str | None = None,
     batch_size: int | str = "auto",
     dtype: str = "float32",
     precision: str | None = None,
@@ -73,8 +75,8 @@ def extract(
     a killed run loses at most the batch in flight. Unreadable files are skipped and recorded with
     their reason. A set without split folders is split (stratified, seeded) and the split is
     recorded per row (`assign_split=False` leaves unsplit sets unsplit, as for a feature cache).
-    `backbone`: a registry name (with `weights`, `image_size`, `pooling`, `layer`, `precision`,
-    `weights_mirror`, `offline`), a :class:`~featx.config.BackboneConfig` (keywords given override
+    `backbone`: a registry name (with `weights`, `image_size`, `pooling`, `layer`, `views`, `layers`,
+    `precision`, `weights_mirror`, `offline`; see :class:`~featx.config.BackboneConfig`), a :class:`~featx.config.BackboneConfig` (keywords given override
     it), or a built Backbone (its own precision is used and `precision` may only repeat it).
     `lock_timeout` is how long to wait for another writer (0: refuse at once; None: wait).
     `image_timeout`: seconds one image may take to read and decode before it is skipped as
@@ -95,8 +97,8 @@ def extract(
     check_backbone_precision(backbone, precision)
     if not isinstance(backbone, Backbone):
         backbone = BackboneConfig.coerce(backbone, weights=weights, image_size=image_size, pooling=pooling,
-                                         layer=layer, precision=precision, weights_mirror=weights_mirror,
-                                         offline=offline)
+                                         layer=layer, views=views, layers=layers, precision=precision,
+                                         weights_mirror=weights_mirror, offline=offline)
     split = SplitConfig(validation_fraction, test_fraction, split_seed) if assign_split else None
     plan = plan_extraction(data, store, backbone, split=split, dtype=dtype, batch_size=batch_size,
                            image_timeout=image_timeout, decoder=decoder, device=device,
