@@ -79,7 +79,9 @@ def test_a_flip_store_refuses_one_view_rows(tmp_path, backbone, flip_backbone):
 
     data = make_photo_set(tmp_path / "photos", n=3)
     store = tmp_path / "s.h5"
-    extract(data, store, backbone=flip_backbone, batch_size=4, progress=False)
+    summary = extract(data, store, backbone=flip_backbone, batch_size=4, progress=False)
+    assert summary.views == "flip" and summary.model_seconds_per_image > 0  # the cost of the views, reported
+    assert "flip views" in summary.format()
     with pytest.raises(FingerprintMismatch):
         extract(data, store, backbone=backbone, batch_size=4, progress=False)
     with FeatureStore(store) as fs:

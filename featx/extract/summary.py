@@ -60,6 +60,9 @@ class ExtractSummary:
     #: where the backbone's weights came from this run (featx.backbones.WeightsSource.to_dict():
     #: kind, origin, path, url) and their sha256 — the fingerprint's identity of the weights
     weights: dict = field(default_factory=dict)
+    views: str = "one"  # views averaged into each row (featx.featuresets): each costs one more model pass
+    #: the model's cost per extracted image (all its views and layers included): what --views / --layers cost
+    model_seconds_per_image: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,8 +121,11 @@ class ExtractSummary:
         if self.nothing_extracted:
             lines.append(f"nothing to extract: all {self.n_images} images already in the store ({self.seconds:.1f} s)")
         else:
-            lines.append(f"speed      {self.images_per_second:.1f} images/s while extracting, batch {self.batch_size}; "
-                         f"{self.seconds:.1f} s in all (model build and store merge included)")
+            cost = (f" (model {1000 * self.model_seconds_per_image:.1f} ms per image"
+                    + (f", {self.views} views" if self.views != "one" else "") + ")"
+                    if self.model_seconds_per_image else "")
+            lines.append(f"speed      {self.images_per_second:.1f} images/s while extracting{cost}, batch "
+                         f"{self.batch_size}; {self.seconds:.1f} s in all (model build and store merge included)")
         if self.loop_seconds > 0 and self.n_extracted:
             lines.append(self._time_line())
         lines.append(f"decoder    {self.decoder_detail}" + (
@@ -176,7 +182,7 @@ def new_summary(plan: "ExtractionPlan", device: str, cls: type = ExtractSummary,
     return cls(str(plan.store), fp["backbone"], fingerprint_id(fp), plan.random_weights, device,
                fp.get("precision", "float32"), plan.decoder_name, plan.decoder_detail,
                n_images=len(plan.image_set.items), ignored=list(plan.image_set.ignored), weights=plan.weights,
-               **extra)
+               views=fp.get("views", "one"), **extra)
 
 
 def summarise(summary: ExtractSummary, plan: "ExtractionPlan", stats: "LoopStats | None",
@@ -184,6 +190,8 @@ def summarise(summary: ExtractSummary, plan: "ExtractionPlan", stats: "LoopStats
     """Fill `summary` with the loop's `stats` (None: no loop ran) and what the store holds now."""
     if stats is not None:
         stats.fill(summary)
+        if summary.n_extracted:
+            summary.model_seconds_per_image = summary.model_seconds / summary.n_extracted
     summary.seconds = time.perf_counter() - started
     if summary.n_gpu_failed:  # not silent: many of these mean the device decoder is not doing its job
         log.warning("%s failed on %d of the %d images routed to it; the CPU decoder took them (see the summary)",
