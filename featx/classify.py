@@ -157,6 +157,21 @@ def evaluate_store(model: str | os.PathLike, store: str | os.PathLike, *, split:
     return result
 
 
+def correct_by_path(model: str | os.PathLike, store: str | os.PathLike, *, split: str = "validation") -> dict[str, bool]:
+    """Whether a saved classifier gets each labelled image of `split` right, by path: what pairs two
+    classifiers' predictions on the same images (an exact McNemar test, a paired interval)."""
+    saved = linear.load_classifier(model)
+    with FeatureStore(store) as fs:
+        linear.check_fingerprint(saved.fingerprint, fs.fingerprint, what=f"store {store}")
+        index = fs.split_index(split)
+        index = index[fs.y[index] >= 0]
+        X = fs.features(index)[:, _saved_columns(saved)]
+        y_true = _map_labels(fs.y[index], fs.label_names, saved.label_names)
+        paths = fs.paths[index].tolist()
+    pred, _ = linear.predict_scores(saved.estimator, X)
+    return dict(zip(paths, (np.asarray(pred) == y_true).tolist()))
+
+
 def _saved_columns(saved: linear.SavedClassifier) -> slice:
     """The columns a saved classifier was trained on (all of them for a file without a feature set)."""
     name, cols = feature_columns(saved.fingerprint, saved.info.get("features"))

@@ -204,3 +204,11 @@ def too_small_to_decide(n: int, difference: PairedDifference | None = None) -> b
     if difference is not None and difference.excludes_zero:
         return False
     return n < MIN_DECISIVE_N
+
+
+def decision(diff: PairedDifference) -> str:
+    """What a paired comparison may claim: "significant" (the interval excludes 0), "too small" (fewer
+    than MIN_DECISIVE_N images and not significant) or "not significant"."""
+    if diff.excludes_zero:
+        return "significant"
+    return "too small" if too_small_to_decide(diff.n, diff) else "not significant"

@@ -35,6 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
+from featx import stats
 from featx.config import DEFAULT_BACKBONE, BackboneConfig
 from featx.fileio import write_bytes_atomically
 from featx.featuresets import ALL, VIEW_COUNTS, VIEWS, canonical_layers, check_views
@@ -99,7 +100,9 @@ class TuneResult:
             format_table(rows, ["recipe", "n_features", "cv", "s/image", "cost", "note"]),
             f"rule: {self.rule}",
             f"use: {row.recipe}  ({self.options['extract']}; {self.options['train']})",
-            f"held-out ({self.held_out['split']}, used once, for this recipe): accuracy {acc:.4f}",
+            f"held-out ({self.held_out['split']}, used once, for this recipe): accuracy {acc:.4f}"
+            + (f" (95% CI [{ci['low']:.3f}, {ci['high']:.3f}])" if (ci := self.held_out.get("accuracy_ci")) else ""),
+            f"against the default: {_gain_line(self.held_out)}",
         ])
 
 
@@ -251,7 +254,7 @@ def tune(
         if r.tried:
             r.cost_ratio = round(r.seconds_per_image / default_seconds, 3)
     chosen, rule = _choose(rows, cv)
-    held_out = _held_out(chosen, out, cv, split, train_options)
+    held_out = _held_out(chosen, rows[0], out, cv, split, train_options)
     return TuneResult(rows, chosen.recipe, rule, held_out, cv, n_train, made, time.perf_counter() - started,
                       _use_options(cfg, chosen))
 
@@ -260,14 +263,39 @@ def _recipe(cfg: BackboneConfig, features: str) -> str:
     return f"{cfg.image_size}px {cfg.views} {features}"
 
 
-def _held_out(chosen: RecipeRow, out: Path, cv: int, split: str, train_options: dict) -> dict:
-    """Fit the chosen recipe's classifier on train and evaluate it on `split`: the one use of that split."""
-    from featx.classify import evaluate_store, train_store
+def _held_out(chosen: RecipeRow, default: RecipeRow, out: Path, cv: int, split: str, train_options: dict) -> dict:
+    """Fit the chosen recipe's classifier on train and evaluate it on `split` (the one use of that split
+    for the choice), with its 95% interval; when it is not the default recipe, the default's classifier
+    is judged on the same images and the gain gets a paired interval and an exact McNemar test (the
+    verdict rule of featx.stats: a gain is claimed only when its interval excludes 0)."""
+    from featx.classify import correct_by_path, evaluate_store, train_store
 
     model = out / "chosen.skops"
     train_store(chosen.store, model, cv=cv, features=chosen.features, **train_options)
     result = evaluate_store(model, chosen.store, split=split)
-    return {"split": split, "accuracy": result["accuracy"], "model": str(model), "n": result.get("n")}
+    held = {"split": split, "accuracy": result["accuracy"], "accuracy_ci": result.get("accuracy_ci"),
+            "model": str(model), "n": result.get("n"), "vs_default": None}
+    if chosen.recipe == default.recipe:
+        return held
+    default_model = out / "default.skops"
+    train_store(default.store, default_model, cv=cv, features=default.features, **train_options)
+    a = correct_by_path(model, chosen.store, split=split)
+    b = correct_by_path(default_model, default.store, split=split)
+    common = sorted(set(a) & set(b))  # the same images (a file skipped in one store only is left out)
+    diff = stats.paired_difference_interval([a[p] for p in common], [b[p] for p in common])
+    held["vs_default"] = {**diff.to_dict(), "decision": stats.decision(diff), "default": default.recipe}
+    return held
+
+
+def _gain_line(held: dict) -> str:
+    """The chosen recipe against the default on the held-out images, in the verdict's words."""
+    vs = held.get("vs_default")
+    if not vs:
+        return "the default recipe is the choice: nothing to compare"
+    gain = (f"{vs['difference'] * 100:+.1f} points over {vs['default']} ({vs['confidence']:.0%} CI "
+            f"[{vs['low'] * 100:.1f}, {vs['high'] * 100:.1f}], McNemar p = {vs['p_value']:.3f}, n = {vs['n']})")
+    return {"significant": f"significant: {gain}", "too small": f"too few held-out images to decide: {gain}",
+            }.get(vs["decision"], f"no significant difference: {gain}")
 
 
 def _use_options(cfg: BackboneConfig, row: RecipeRow) -> dict:

@@ -49,6 +49,15 @@ def test_tune_scores_on_train_keeps_stores_and_uses_held_out_once(photos, tmp_pa
     assert first.chosen in {r.recipe for r in tried}
     assert reads.count("validation") == 1  # the chosen recipe's one evaluation; selection read train only
     assert 0 <= first.held_out["accuracy"] <= 1 and first.held_out["split"] == "validation"
+    ci = first.held_out["accuracy_ci"]
+    assert ci["low"] <= first.held_out["accuracy"] <= ci["high"] and ci["method"] == "Wilson score"
+    vs = first.held_out["vs_default"]  # the gain over the default, judged on the same images, paired
+    if first.chosen == "96px one final":
+        assert vs is None
+    else:
+        assert vs["default"] == "96px one final" and vs["n"] == first.held_out["n"]
+        assert vs["low"] <= vs["difference"] <= vs["high"] and 0 <= vs["p_value"] <= 1
+        assert vs["decision"] == "too small"  # 6 held-out images cannot show a gain
     with FeatureStore(first.chosen_row.store) as fs:
         assert fs.fingerprint["image_size"] == [first.chosen_row.image_size] * 2
         assert fs.fingerprint.get("views", "one") == first.chosen_row.views
@@ -61,6 +70,7 @@ def test_tune_scores_on_train_keeps_stores_and_uses_held_out_once(photos, tmp_pa
     assert again.chosen == first.chosen and reads.count("validation") == 1
     text = again.format()
     assert "← chosen" in text and "not tried: estimated" in text and "used once" in text
+    assert "against the default: " in text
 
 
 def test_tune_feature_sets_come_from_one_store(photos, tmp_path):
