@@ -547,6 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="cache/demo")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    from featx.audit.cli import add_parser as add_audit_parser  # issue 17: featx audit
+
+    add_audit_parser(sub)
     return parser
 
 

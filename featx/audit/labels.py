@@ -1,0 +1,132 @@
+"""Likely label errors by confident learning on out-of-fold probabilities of a linear probe.
+
+Out-of-fold probabilities: every labelled row is scored by a probe that did not see it. Up to
+``IN_MEMORY_FLOATS`` feature values the probe is featx's L2 logistic regression
+(:func:`featx.linear.train` chooses C by stratified CV, then ``cross_val_predict`` on the same
+folds); above that, the rows stay on disk and each fold is the out-of-core averaged SGD of
+:mod:`featx.linear.sgd` (logistic loss) trained on the other folds, chunk by chunk.
+
+Confident learning (Northcutt, Jiang & Chuang, JAIR 2021), the rule cleanlab's
+``find_label_issues(filter_by="confident_learning")`` applies, written out here because it is a
+dozen lines of numpy (cleanlab would add pandas and its own import cost to ``featx audit``; the
+benchmark compares the two, benchmarks/README.md):
+
+1. per class j, the threshold t_j = mean of p(j) over the rows labelled j (the probe's average
+   self-confidence on that class);
+2. a row labelled i is *confidently* of class j when p(j) >= t_j; among such classes the one of
+   highest p(j) is its likely true class;
+3. rows whose likely true class is not their given label are label issues, ranked by
+   self-confidence p(given) ascending (score = 1 - p(given)).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from featx.audit.findings import AuditError, LabelIssue
+
+if TYPE_CHECKING:
+    from featx.store import FeatureStore
+
+IN_MEMORY_FLOATS = 1 << 26  # 256 MiB of float32 features: above, the probe trains from disk
+_SGD_EPOCHS = 3
+# C grid of the probe: featx.linear's default grid up to 1. Larger C fits separable CNN features
+# to near-certain probabilities (nothing left for confident learning to rank) and takes lbfgs 10x
+# longer: 30 s instead of 3 s for 52 test photos on 2 cores.
+PROBE_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def out_of_fold_probabilities(store: FeatureStore, rows: np.ndarray, y: np.ndarray, *, cv: int, seed: int,
+                              chunk_rows: int) -> np.ndarray:
+    """(len(rows), n_classes) probabilities, columns = classes 0..n_classes-1 of ``store.label_names``
+    (classes without a labelled row get 0)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    n_classes = len(store.label_names)
+    folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
+    if len(rows) * store.feature_dim <= IN_MEMORY_FLOATS:
+        present, proba = _in_memory(store.features(rows), y, folds, cv=cv, seed=seed)
+    else:
+        present, proba = _out_of_core(store, rows, y, folds, seed=seed, chunk_rows=chunk_rows)
+    full = np.zeros((len(rows), n_classes), np.float64)
+    full[:, present] = proba
+    return full
+
+
+def _in_memory(X: np.ndarray, y: np.ndarray, folds, *, cv: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.base import clone
+    from sklearn.model_selection import cross_val_predict
+
+    from featx.linear import train
+
+    chosen = train(X, y, classifier="logreg", penalty="l2", cv=cv, Cs=PROBE_CS, random_state=seed)
+    proba = cross_val_predict(clone(chosen.estimator), X, y, cv=folds, method="predict_proba")
+    return np.unique(y), proba
+
+
+def _out_of_core(store: FeatureStore, rows: np.ndarray, y: np.ndarray, folds, *, seed: int,
+                 chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    from featx.linear.sgd import _train_sgd
+
+    classes = np.unique(y)
+    proba = np.zeros((len(rows), classes.size), np.float64)
+    for fit_pos, held_pos in folds.split(np.zeros(len(y)), y):
+        model = _train_sgd(store, loss="log_loss", penalty="l2", alpha=1e-4, l1_ratio=0.15, split="train",
+                           chunk_size=chunk_rows, epochs=_SGD_EPOCHS, class_weight=None, random_state=seed,
+                           label_names=None, rows=rows[fit_pos])
+        held_pos = np.sort(held_pos)
+        for s in range(0, held_pos.size, chunk_rows):
+            pos = held_pos[s:s + chunk_rows]
+            proba[pos] = model.predict_proba(store.features(rows[pos]))
+    return classes, proba
+
+
+def confident_issues(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Positions of the label issues by the confident-learning rule, most suspicious first."""
+    n, n_classes = proba.shape
+    thresholds = np.full(n_classes, np.inf)
+    for j in np.unique(y):
+        thresholds[j] = proba[y == j, j].mean()
+    confident = proba >= thresholds  # row is confidently of class j
+    likely = np.where(confident, proba, -1.0).argmax(axis=1)
+    has_any = confident.any(axis=1)
+    flagged = np.flatnonzero(has_any & (likely != y))
+    self_confidence = proba[np.arange(n), y]
+    return flagged[np.argsort(self_confidence[flagged], kind="stable")]
+
+
+def check_labels(store: FeatureStore, y: np.ndarray, cv: int) -> int:
+    """The folds to use; AuditError when the labels cannot support a probe."""
+    names = store.label_names
+    labelled = y >= 0
+    if not labelled.any():
+        raise AuditError(f"store {store.path} has no labelled rows (extracted from a list of paths?); "
+                         "label errors need class labels: extract from class folders or a CSV with a label column")
+    classes, counts = np.unique(y[labelled], return_counts=True)
+    if classes.size < 2:
+        raise AuditError(f"store {store.path} has one class only ({names[classes[0]]!r}): a probe that "
+                         "checks labels needs at least 2 classes")
+    if counts.min() < 2:
+        small = [names[c] for c, n in zip(classes, counts) if n < 2]
+        raise AuditError(f"class {small[0]!r} of store {store.path} has 1 labelled image; cross-validation needs "
+                         f"at least 2 per class ({len(small)} such classes)")
+    return int(min(cv, counts.min()))
+
+
+def find_label_issues(store: FeatureStore, *, cv: int = 5, seed: int = 0, chunk_rows: int = 8192) -> list[LabelIssue]:
+    """Label issues among the labelled rows of `store`, most suspicious first."""
+    y_all = store.y
+    folds = check_labels(store, y_all, cv)
+    rows = np.flatnonzero(y_all >= 0)
+    y = y_all[rows]
+    proba = out_of_fold_probabilities(store, rows, y, cv=folds, seed=seed, chunk_rows=chunk_rows)
+    names, paths, splits = store.label_names, store.paths, store.splits
+    issues = []
+    for pos in confident_issues(proba, y):
+        r, suggested = int(rows[pos]), int(proba[pos].argmax())
+        issues.append(LabelIssue(row=r, path=str(paths[r]), split=str(splits[r]), given=names[y[pos]],
+                                 suggested=names[suggested], score=float(1 - proba[pos, y[pos]]),
+                                 p_given=float(proba[pos, y[pos]]), p_suggested=float(proba[pos, suggested])))
+    return issues
