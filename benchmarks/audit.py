@@ -157,7 +157,7 @@ def run_flowers(args) -> dict:
     work = Path(args.workdir)
     truth = plant(Path(args.data), work / "planted", args.per_class)
     store = work / f"planted_{args.image_size}.h5"
-    store.unlink(missing_ok=True)
+    # resumable: a rerun extracts only the files the planting rewrote
     started = time.perf_counter()
     extract(work / "planted", store, backbone="mobilenet_0.25", image_size=args.image_size, progress=False)
     extract_s = time.perf_counter() - started
@@ -210,6 +210,7 @@ print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t,
 
 
 def write_synthetic_store(path: Path, n: int, dim: int, seed: int = 0, block: int = 50_000) -> None:
+    from featx.backbones import fingerprint_id
     from featx.store import Rows, StoreWriter
 
     rng = np.random.default_rng(seed)
@@ -217,7 +218,8 @@ def write_synthetic_store(path: Path, n: int, dim: int, seed: int = 0, block: in
     fingerprint = {"backbone": "synthetic", "feature_dim": dim, "image_size": [224, 224], "pooling": "avg",
                    "layer": None, "preprocessing": "none", "weights": "none"}
     path.unlink(missing_ok=True)
-    with StoreWriter(path, fingerprint=fingerprint, fingerprint_id="synthetic", feature_dtype="float16",
+    with StoreWriter(path, fingerprint=fingerprint, fingerprint_id=fingerprint_id(fingerprint),
+                     feature_dtype="float16",
                      root="/synthetic", random_weights=True) as writer:
         for start in range(0, n, block):
             m = min(block, n - start)
