@@ -238,8 +238,10 @@ def write_synthetic_store(path: Path, n: int, dim: int, seed: int = 0, block: in
 def run_scale(args) -> dict:
     store = Path(args.workdir) / f"synthetic_{args.rows}x{args.dim}.h5"
     started = time.perf_counter()
-    if not store.exists():
+    done = Path(f"{store}.complete")  # a store whose writing was interrupted is written again
+    if not done.exists():
         write_synthetic_store(store, args.rows, args.dim)
+        done.touch()
     write_s = time.perf_counter() - started
     proc = subprocess.run([sys.executable, "-c", SCALE_SCRIPT, str(store), "--cv", str(args.cv)],
                           capture_output=True, text=True)

@@ -7,7 +7,7 @@ never modifies anything; it never imports Keras. One module per job::
     labels.py      out-of-fold probe probabilities + confident learning -> LabelIssue
     neighbours.py  centred, normalised features; k nearest neighbours (exact blocks, or faiss IVF)
     duplicates.py  exact (sha256) and near (cosine) duplicate pairs; leaks across splits first
-    outliers.py    mean distance to the nearest non-copies, robust z-score -> Outlier
+    outliers.py    Mahalanobis distance to the nearest class mean, robust z-score -> Outlier
     balance.py     counts per split and class, warnings
     text.py        the terminal tables
     html.py        audit.html with thumbnails, from templates/audit.html and audit.css
@@ -32,7 +32,9 @@ from featx.audit.findings import (SCHEMA_VERSION, AuditError, AuditResult, Balan
                                   Outlier)
 from featx.audit.labels import find_label_issues
 from featx.audit.neighbours import feature_mean, nearest_neighbours
-from featx.audit.outliers import OUTLIER_K, OUTLIER_Z, find_outliers
+from featx.audit.outliers import OUTLIER_Z, find_outliers
+
+NEIGHBOURS_K = 10  # neighbours looked at per row for near duplicates (a photo with more copies shows 10)
 
 __all__ = ["audit", "AuditResult", "AuditError", "LabelIssue", "DuplicatePair", "Outlier", "Balance",
            "NEAR_THRESHOLD", "OUTLIER_Z", "SCHEMA_VERSION"]
@@ -74,12 +76,12 @@ def _audit(store, cv, seed, near_threshold, outlier_z, neighbours, chunk_rows) -
     seconds["labels"] = time.perf_counter() - started
     started = time.perf_counter()
     mean = feature_mean(store, chunk_rows)
-    sims, idx, method = nearest_neighbours(store, mean, OUTLIER_K, method=neighbours, chunk_rows=chunk_rows)
+    sims, idx, method = nearest_neighbours(store, mean, NEIGHBOURS_K, method=neighbours, chunk_rows=chunk_rows)
     seconds["neighbours"] = time.perf_counter() - started
     started = time.perf_counter()
     duplicates = find_duplicates(store, mean, sims, idx, threshold=near_threshold,
                                  approximate=method != "exact", chunk_rows=chunk_rows)
-    outliers = find_outliers(sims, _Rows(store), near_threshold=near_threshold, z_threshold=outlier_z)
+    outliers = find_outliers(store, mean, _Rows(store), z_threshold=outlier_z, chunk_rows=chunk_rows)
     balance = class_balance(store.label_names, store.y, store.splits)
     seconds["duplicates_outliers_balance"] = time.perf_counter() - started
     notes = []
@@ -89,7 +91,7 @@ def _audit(store, cv, seed, near_threshold, outlier_z, neighbours, chunk_rows) -
         store=str(store.path), root=store.root, fingerprint_id=store.fingerprint_id,
         backbone=str(store.fingerprint.get("backbone")), n_rows=len(store),
         settings={"cv": cv, "seed": seed, "near_threshold": near_threshold, "outlier_z": outlier_z,
-                  "outlier_k": OUTLIER_K, "neighbours": method},
+                  "neighbours": method},
         label_issues=label_issues, duplicates=duplicates, outliers=outliers, balance=balance, notes=notes,
         seconds={k: round(v, 3) for k, v in seconds.items()},
     )

@@ -91,8 +91,8 @@ def _duplicate_section(result: AuditResult) -> list[str]:
 
 def _outlier_section(result: AuditResult) -> list[str]:
     out = ['<section id="outliers">', f"<h2>Outliers ({len(result.outliers)})</h2>",
-           f'<p class="note">Mean cosine distance to the {result.settings["outlier_k"]} nearest images that are not '
-           f"copies; flagged from a robust z-score of {_e(result.settings['outlier_z'])}.</p>", '<div class="grid">']
+           '<p class="note">Far from every class: Mahalanobis distance to the nearest class mean (shared covariance); '
+           f"flagged from a robust z-score of {_e(result.settings['outlier_z'])}.</p>", '<div class="grid">']
     for o in result.outliers[:MAX_SHOWN]:
         out.append(f'<figure class="finding outlier">{_figure_img(result.root, o.path, o.path)}<figcaption>'
                    f"z {o.z:.1f}, score {o.score:.3f}, {_e(o.label or '-')}<br>"

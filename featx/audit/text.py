@@ -35,8 +35,8 @@ def format_result(result: AuditResult, top: int = 10) -> str:
          f"{d.b['path']} ({d.b['split'] or '-'}, {d.b['label'] or '-'})"] for d in dups[:top]])
     out += _more(len(dups), top)
     outs = result.outliers
-    out += ["", f"OUTLIERS ({len(outs)}): mean distance to the {result.settings['outlier_k']} nearest "
-                f"non-copies, robust z >= {result.settings['outlier_z']}"]
+    out += ["", f"OUTLIERS ({len(outs)}): Mahalanobis distance to the nearest class mean, "
+                f"robust z >= {result.settings['outlier_z']}"]
     out += _table(["z", "score", "label", "split", "path"],
                   [[f"{o.z:.1f}", f"{o.score:.3f}", o.label or "-", o.split or "-", o.path] for o in outs[:top]])
     out += _more(len(outs), top)
