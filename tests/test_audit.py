@@ -166,22 +166,52 @@ def test_bad_stores_get_one_line_and_exit_1(tmp_path, backbone, capsys):
         audit(one, cv=1)
 
 
-def _synthetic_store(path, n=3000, dim=256, seed=0):
-    """Real store files of Gaussian-cluster rows with 40 planted near copies."""
-    from featx.store import Rows, StoreWriter
+def _synthetic_rows(n=3000, dim=256, seed=0):
+    """Store rows of Gaussian-cluster features with 40 planted near copies (row c is a copy of c - 1)."""
+    from featx.store import Rows
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 5, n)
     X = (rng.normal(size=(5, dim))[labels] + rng.normal(size=(n, dim))).astype(np.float32)
     copies = rng.choice(np.arange(1, n, 2), 40, replace=False)
     X[copies] = X[copies - 1] + rng.normal(scale=0.05, size=(40, dim))
-    fp = {"backbone": "synthetic", "feature_dim": dim}
+    ids = np.arange(n)
+    rows = Rows(X, np.array([f"{i:064x}" for i in ids]), np.array([f"{i:05d}.jpg" for i in ids]),
+                np.array([f"c{label}" for label in labels]), np.where(ids % 2, "validation", "train"),
+                np.zeros(n, np.int64), np.zeros(n, np.int64))
+    return rows, {frozenset((int(c) - 1, int(c))) for c in copies}
+
+
+def _write_store(path, rows):
+    from featx.store import StoreWriter
+
+    fp = {"backbone": "synthetic", "feature_dim": rows.features.shape[1]}
     with StoreWriter(path, fingerprint=fp, fingerprint_id=fingerprint_id(fp)) as writer:
-        ids = np.arange(n)
-        writer.append(Rows(X, np.array([f"{i:064x}" for i in ids]), np.array([f"{i:05d}.jpg" for i in ids]),
-                           np.array([f"c{label}" for label in labels]), np.where(ids % 2, "validation", "train"),
-                           np.zeros(n, np.int64), np.zeros(n, np.int64)))
-    return {frozenset((int(c) - 1, int(c))) for c in copies}
+        writer.append(rows)
+
+
+def _synthetic_store(path, n=3000, dim=256, seed=0):
+    rows, planted = _synthetic_rows(n, dim, seed)
+    _write_store(path, rows)
+    return planted
+
+
+def test_merged_shards_audit_like_one_store(tmp_path):
+    from featx.store import merge_stores
+
+    rows, planted = _synthetic_rows(1200, 64)
+    _write_store(tmp_path / "whole.h5", rows)
+    _write_store(tmp_path / "a.h5", rows.take(np.arange(0, 1200, 2)))  # shards split every copy pair
+    _write_store(tmp_path / "b.h5", rows.take(np.arange(1, 1200, 2)))
+    merge_stores(tmp_path / "merged.h5", [tmp_path / "a.h5", tmp_path / "b.h5"])
+    found = {}
+    for name in ("whole", "merged"):
+        result = audit(tmp_path / f"{name}.h5", cv=3)
+        assert result.n_rows == 1200
+        found[name] = {frozenset((d.a["path"], d.b["path"])) for d in result.duplicates}
+    as_paths = {frozenset(f"{i:05d}.jpg" for i in pair) for pair in planted}
+    assert found["whole"] == found["merged"] == as_paths
+    assert all(d.cross_split for d in result.duplicates)  # every copy pair straddles train/validation
 
 
 def test_ivf_neighbours_find_the_same_copies_as_exact(tmp_path):
