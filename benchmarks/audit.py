@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -124,7 +123,8 @@ def score(result, truth: dict) -> dict:
     return {
         "label_errors": {**_pr(set(label_found), planted_labels),
                          "top_k_precision": round(len(set(label_found[:k]) & planted_labels) / k, 3) if k else None},
-        "near_duplicates": {**_pr(near, planted_pairs), "recall_by_transform": {k: f"{a}/{b}" for k, (a, b) in by_kind.items()},
+        "near_duplicates": {**_pr(near, planted_pairs),
+                            "recall_by_transform": {k: f"{a}/{b}" for k, (a, b) in by_kind.items()},
                             "unplanted": sorted(near - planted_pairs)[:20]},
         "outliers": {**_pr({o.path for o in result.outliers}, set(truth["off_topic"])),
                      "unplanted": [o.path for o in result.outliers if o.path not in truth["off_topic"]][:20]},
@@ -185,7 +185,7 @@ def _cleanlab_comparison(store_path: Path, truth: dict) -> dict | None:
     with FeatureStore(store_path) as s:
         rows = np.flatnonzero(s.y >= 0)
         y, paths = s.y[rows], s.paths[rows]
-        proba = out_of_fold_probabilities(s, rows, y, cv=5, seed=0, chunk_rows=8192)
+        proba = out_of_fold_probabilities(s, rows, y, cv=5, seed=0)
     planted, k = set(truth["label_errors"]), len(truth["label_errors"])
     out = {}
     for name, ranked in {

@@ -30,9 +30,9 @@ import time
 from featx.audit.duplicates import NEAR_THRESHOLD, find_duplicates
 from featx.audit.findings import (SCHEMA_VERSION, AuditError, AuditResult, Balance, DuplicatePair, LabelIssue,
                                   Outlier)
-from featx.audit.labels import find_label_issues
+from featx.audit.labels import check_labels, find_label_issues, fits_in_memory
 from featx.audit.neighbours import feature_mean, nearest_neighbours
-from featx.audit.outliers import OUTLIER_Z, find_outliers
+from featx.audit.outliers import OUTLIER_Z, class_distances, find_outliers
 
 NEIGHBOURS_K = 10  # neighbours looked at per row for near duplicates (a photo with more copies shows 10)
 
@@ -72,16 +72,23 @@ def _audit(store, cv, seed, near_threshold, outlier_z, neighbours, chunk_rows) -
                          "`featx info` lists the skipped files)")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    label_issues = find_label_issues(store, cv=cv, seed=seed, chunk_rows=chunk_rows)
+    check_labels(store, store.y, cv)
+    mean = feature_mean(store, chunk_rows)
+    large = not fits_in_memory(store)
+    distances, proba = class_distances(store, mean, chunk_rows, posteriors=large)
+    seconds["class_statistics"] = time.perf_counter() - started
+    started = time.perf_counter()
+    label_issues = find_label_issues(store, cv=cv, seed=seed, proba=proba)
+    del proba
     seconds["labels"] = time.perf_counter() - started
     started = time.perf_counter()
-    mean = feature_mean(store, chunk_rows)
     sims, idx, method = nearest_neighbours(store, mean, NEIGHBOURS_K, method=neighbours, chunk_rows=chunk_rows)
     seconds["neighbours"] = time.perf_counter() - started
     started = time.perf_counter()
+    rows = _Rows(store)
     duplicates = find_duplicates(store, mean, sims, idx, threshold=near_threshold,
-                                 approximate=method != "exact", chunk_rows=chunk_rows)
-    outliers = find_outliers(store, mean, _Rows(store), z_threshold=outlier_z, chunk_rows=chunk_rows)
+                                 approximate=method != "exact", chunk_rows=chunk_rows, rows=rows)
+    outliers = find_outliers(distances, rows, z_threshold=outlier_z)
     balance = class_balance(store.label_names, store.y, store.splits)
     seconds["duplicates_outliers_balance"] = time.perf_counter() - started
     notes = []
@@ -91,7 +98,7 @@ def _audit(store, cv, seed, near_threshold, outlier_z, neighbours, chunk_rows) -
         store=str(store.path), root=store.root, fingerprint_id=store.fingerprint_id,
         backbone=str(store.fingerprint.get("backbone")), n_rows=len(store),
         settings={"cv": cv, "seed": seed, "near_threshold": near_threshold, "outlier_z": outlier_z,
-                  "neighbours": method},
+                  "neighbours": method, "label_probe": "lda-halves" if large else "logreg-l2"},
         label_issues=label_issues, duplicates=duplicates, outliers=outliers, balance=balance, notes=notes,
         seconds={k: round(v, 3) for k, v in seconds.items()},
     )

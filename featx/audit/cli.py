@@ -28,7 +28,8 @@ def add_parser(subparsers) -> None:
                    help="write a CSV manifest (path,label,split,suggested_label) without the leaked copies")
     p.add_argument("--cv", type=int, default=5, help="folds of the out-of-fold probe (default 5)")
     p.add_argument("--near-threshold", type=float, default=NEAR_THRESHOLD,
-                   help=f"centred cosine similarity from which two files are near duplicates (default {NEAR_THRESHOLD})")
+                   help="centred cosine similarity from which two files are near duplicates "
+                        f"(default {NEAR_THRESHOLD})")
     p.add_argument("--outlier-z", type=float, default=OUTLIER_Z,
                    help=f"robust z-score from which an image is an outlier (default {OUTLIER_Z})")
     p.add_argument("--neighbours", choices=["auto", "exact", "ivf"], default="auto",

@@ -88,9 +88,9 @@ def near_duplicates(store: FeatureStore, rows: _Rows, mean: np.ndarray, sims: np
 
 def find_duplicates(store: FeatureStore, mean: np.ndarray, sims: np.ndarray, idx: np.ndarray, *,
                     threshold: float = NEAR_THRESHOLD, approximate: bool = False,
-                    chunk_rows: int = 8192) -> list[DuplicatePair]:
+                    chunk_rows: int = 8192, rows: _Rows | None = None) -> list[DuplicatePair]:
     """Exact and near duplicate pairs, leaks first, then label conflicts, then by similarity."""
-    rows = _Rows(store)
+    rows = rows if rows is not None else _Rows(store)
     found = exact_duplicates(rows) + near_duplicates(store, rows, mean, sims, idx, threshold=threshold,
                                                      approximate=approximate, chunk_rows=chunk_rows)
     return sorted(found, key=lambda p: p.rank_key)

@@ -3,8 +3,11 @@
 Out-of-fold probabilities: every labelled row is scored by a probe that did not see it. Up to
 ``IN_MEMORY_FLOATS`` feature values the probe is featx's L2 logistic regression
 (:func:`featx.linear.train` chooses C by stratified CV, then ``cross_val_predict`` on the same
-folds); above that, the rows stay on disk and each fold is the out-of-core averaged SGD of
-:mod:`featx.linear.sgd` (logistic loss) trained on the other folds, chunk by chunk.
+folds). Above that the rows stay on disk and the probe is linear discriminant analysis fitted on the
+other half of the rows (:func:`featx.audit.outliers.class_distances`, which the outlier score needs
+anyway): streaming, O(d^2) memory. featx.linear.sgd's out-of-core SGD was the first choice; at
+10^6 rows x 1280 x 50 classes it read each fold's scattered rows through h5py point selection and
+fitted 50 one-vs-rest models per 128-row step, over an hour on 2 cores.
 
 Confident learning (Northcutt, Jiang & Chuang, JAIR 2021), the rule cleanlab's
 ``find_label_issues(filter_by="confident_learning")`` applies, written out here because it is a
@@ -30,61 +33,38 @@ from featx.audit.findings import AuditError, LabelIssue
 if TYPE_CHECKING:
     from featx.store import FeatureStore
 
-IN_MEMORY_FLOATS = 1 << 26  # 256 MiB of float32 features: above, the probe trains from disk
-_SGD_EPOCHS = 3
+IN_MEMORY_FLOATS = 1 << 26  # 256 MiB of float32 features: above, the probe reads from disk
 # C grid of the probe: featx.linear's default grid up to 1. Larger C fits separable CNN features
 # to near-certain probabilities (nothing left for confident learning to rank) and takes lbfgs 10x
 # longer: 30 s instead of 3 s for 52 test photos on 2 cores.
 PROBE_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
-def out_of_fold_probabilities(store: FeatureStore, rows: np.ndarray, y: np.ndarray, *, cv: int, seed: int,
-                              chunk_rows: int) -> np.ndarray:
-    """(len(rows), n_classes) probabilities, columns = classes 0..n_classes-1 of ``store.label_names``
-    (classes without a labelled row get 0)."""
-    from sklearn.model_selection import StratifiedKFold
-
-    n_classes = len(store.label_names)
-    folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
-    if len(rows) * store.feature_dim <= IN_MEMORY_FLOATS:
-        present, proba = _in_memory(store.features(rows), y, folds, cv=cv, seed=seed)
-    else:
-        present, proba = _out_of_core(store, rows, y, folds, seed=seed, chunk_rows=chunk_rows)
-    full = np.zeros((len(rows), n_classes), np.float64)
-    full[:, present] = proba
-    return full
+def fits_in_memory(store: FeatureStore) -> bool:
+    """Whether the labelled rows' features are small enough for the in-memory logistic probe."""
+    return int((store.y >= 0).sum()) * store.feature_dim <= IN_MEMORY_FLOATS
 
 
-def _in_memory(X: np.ndarray, y: np.ndarray, folds, *, cv: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def out_of_fold_probabilities(store: FeatureStore, rows: np.ndarray, y: np.ndarray, *, cv: int,
+                              seed: int) -> np.ndarray:
+    """(len(rows), n_classes) out-of-fold probabilities of featx's L2 logistic regression, columns =
+    classes 0..n_classes-1 of ``store.label_names`` (classes without a labelled row get 0)."""
     from sklearn.base import clone
-    from sklearn.model_selection import cross_val_predict
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from threadpoolctl import threadpool_limits
 
     from featx.linear import train
 
+    X = store.features(rows)
+    folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
     # One BLAS thread: these fits are small, and on a busy machine threaded BLAS spins on the shared
     # cores (52 photos x 256 features: 86 s with the default threads, 6.4 s with one, on 2 busy cores).
     with threadpool_limits(1):
         chosen = train(X, y, classifier="logreg", penalty="l2", cv=cv, Cs=PROBE_CS, random_state=seed)
         proba = cross_val_predict(clone(chosen.estimator), X, y, cv=folds, method="predict_proba")
-    return np.unique(y), proba
-
-
-def _out_of_core(store: FeatureStore, rows: np.ndarray, y: np.ndarray, folds, *, seed: int,
-                 chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    from featx.linear.sgd import _train_sgd
-
-    classes = np.unique(y)
-    proba = np.zeros((len(rows), classes.size), np.float64)
-    for fit_pos, held_pos in folds.split(np.zeros(len(y)), y):
-        model = _train_sgd(store, loss="log_loss", penalty="l2", alpha=1e-4, l1_ratio=0.15, split="train",
-                           chunk_size=chunk_rows, epochs=_SGD_EPOCHS, class_weight=None, random_state=seed,
-                           label_names=None, rows=rows[fit_pos])
-        held_pos = np.sort(held_pos)
-        for s in range(0, held_pos.size, chunk_rows):
-            pos = held_pos[s:s + chunk_rows]
-            proba[pos] = model.predict_proba(store.features(rows[pos]))
-    return classes, proba
+    full = np.zeros((len(rows), len(store.label_names)), np.float64)
+    full[:, np.unique(y)] = proba
+    return full
 
 
 def confident_issues(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -119,13 +99,18 @@ def check_labels(store: FeatureStore, y: np.ndarray, cv: int) -> int:
     return int(min(cv, counts.min()))
 
 
-def find_label_issues(store: FeatureStore, *, cv: int = 5, seed: int = 0, chunk_rows: int = 8192) -> list[LabelIssue]:
-    """Label issues among the labelled rows of `store`, most suspicious first."""
+def find_label_issues(store: FeatureStore, *, cv: int = 5, seed: int = 0,
+                      proba: np.ndarray | None = None) -> list[LabelIssue]:
+    """Label issues among the labelled rows of `store`, most suspicious first. `proba` (all rows x
+    classes, out-of-fold) replaces the logistic probe, for stores too large for memory."""
     y_all = store.y
     folds = check_labels(store, y_all, cv)
     rows = np.flatnonzero(y_all >= 0)
     y = y_all[rows]
-    proba = out_of_fold_probabilities(store, rows, y, cv=folds, seed=seed, chunk_rows=chunk_rows)
+    if proba is None:
+        proba = out_of_fold_probabilities(store, rows, y, cv=folds, seed=seed)
+    else:
+        proba = proba[rows]
     names, paths, splits = store.label_names, store.paths, store.splits
     issues = []
     for pos in confident_issues(proba, y):

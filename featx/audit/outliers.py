@@ -7,14 +7,17 @@ NeurIPS 2018), on the centred, L2-normalised features of :mod:`featx.audit.neigh
     score(x) = min_c (x - mu_c)^T S^-1 (x - mu_c),   S = (1 - a) * W + a * tr(W) / d * I
 
 with W the within-class covariance of the labelled rows and a the Ledoit-Wolf shrinkage (at least
-``SHRINKAGE``): close to 1 with few rows per dimension (52 test photos in 256 dimensions: the
-distance to the nearest class mean), small with many (flowers5: 4,409 rows). A row is flagged when the robust z-score of its score,
-(score - median) / (1.4826 * MAD) over all rows, reaches ``z_threshold`` (default ``OUTLIER_Z``).
+``SHRINKAGE``), large with few rows per dimension and small with many (0.59 for 26 test photos in
+256 dimensions, 0.013 for 2,204 flowers5 photos). The means and W that score a row come from the
+other half of the rows (alternate store rows), so an image never shapes its own yardstick. A row is
+flagged when the robust z-score of its score, (score - median) / (1.4826 * MAD) over all rows,
+reaches ``z_threshold`` (default ``OUTLIER_Z``).
 
 Why not the distance to the nearest neighbours: on flowers5 (benchmarks/README.md, "Auditing") six
 off-topic photos (an astronaut, a coffee cup, a rocket, ...) ranked 26th-577th of 4,409 by mean
 distance to their 10 nearest neighbours, and 1st-6th by this score; the covariance discounts the
-directions in which the classes naturally vary. Three streaming passes over the store; memory O(d^2).
+directions in which the classes naturally vary. Six streaming passes over the store (means, covariance
+and scores, per half); memory O(d^2) (plus N x classes for the posteriors).
 """
 
 from __future__ import annotations
@@ -71,17 +74,25 @@ def _class_statistics(store: FeatureStore, mean: np.ndarray, y: np.ndarray, chun
     return mus[~np.isnan(mus[:, 0])], np.linalg.pinv(shrunk, hermitian=True)
 
 
-def outlier_scores(store: FeatureStore, mean: np.ndarray, chunk_rows: int) -> np.ndarray:
-    """Per row: squared Mahalanobis distance to the nearest class mean, with the means and covariance
+def class_distances(store: FeatureStore, mean: np.ndarray, chunk_rows: int, *,
+                    posteriors: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per row: the squared Mahalanobis distance to the nearest class mean, with the means and covariance
     of the *other* half of the rows (alternate rows), so that an image never shapes its own yardstick:
     fitted on all rows, an off-topic image widens the covariance in its own direction and hides (52
-    test photos in 256 dimensions: z 1.7 in-sample, far above the rest out-of-sample)."""
+    test photos in 256 dimensions: z 1.7 in-sample, far above the rest out-of-sample).
+
+    With ``posteriors``, also the out-of-fold class probabilities of the same Gaussian model (linear
+    discriminant analysis: softmax of -D/2 + log prior, columns = ``store.label_names``), the probe
+    :mod:`featx.audit.labels` uses for stores too large for memory."""
     y = store.y
     half = np.arange(len(store)) % 2
     scores = np.empty(len(store))
+    proba = np.zeros((len(store), len(store.label_names)), np.float32) if posteriors else None
     for fold in (0, 1):
         fit_y = np.where(half == fold, -1, y)  # fit on the other half, score this one
         mus, precision = _class_statistics(store, mean, fit_y, chunk_rows)
+        present = np.flatnonzero(np.bincount(fit_y[fit_y >= 0], minlength=len(store.label_names)))
+        log_prior = np.log(np.bincount(fit_y[fit_y >= 0])[present] / (fit_y >= 0).sum())
         mu_terms = np.einsum("cd,de,ce->c", mus, precision, mus)
         for X, _, rows in store.iter_chunks(chunk_rows):
             mine = half[rows] == fold
@@ -90,7 +101,11 @@ def outlier_scores(store: FeatureStore, mean: np.ndarray, chunk_rows: int) -> np
             # (z - mu)^T P (z - mu) for every class at once
             D = np.einsum("nd,nd->n", ZP, Z)[:, None] - 2 * ZP @ mus.T + mu_terms[None, :]
             scores[rows[mine]] = D.min(axis=1)
-    return scores
+            if posteriors:
+                logit = -0.5 * D + log_prior
+                p = np.exp(logit - logit.max(axis=1, keepdims=True))
+                proba[np.ix_(rows[mine], present)] = p / p.sum(axis=1, keepdims=True)
+    return scores, proba
 
 
 def robust_z(scores: np.ndarray) -> np.ndarray:
@@ -101,10 +116,8 @@ def robust_z(scores: np.ndarray) -> np.ndarray:
     return (scores - median) / mad
 
 
-def find_outliers(store: FeatureStore, mean: np.ndarray, rows, *, z_threshold: float = OUTLIER_Z,
-                  chunk_rows: int = 8192) -> list[Outlier]:
-    """Flagged rows, farthest first. `rows` is duplicates._Rows (path, label, split per row)."""
-    scores = outlier_scores(store, mean, chunk_rows)
+def find_outliers(scores: np.ndarray, rows, *, z_threshold: float = OUTLIER_Z) -> list[Outlier]:
+    """Flagged rows, farthest first. `scores` from :func:`class_distances`, `rows` a duplicates._Rows."""
     z = robust_z(scores)
     flagged = np.flatnonzero(z >= z_threshold)
     flagged = flagged[np.argsort(-scores[flagged], kind="stable")]
