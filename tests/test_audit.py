@@ -248,3 +248,14 @@ def test_audit_html_renders_in_chromium(planted, tmp_path):
     assert text.index("Duplicates") < text.index("Likely label errors") < text.index("Outliers")
     assert "LEAK" in text and "flipped_flower.jpg" in text and "astronaut.jpg" in text
     assert facts["screenshot_std"] > 10
+
+
+def test_stores_too_large_for_memory_use_the_streaming_probe(planted, monkeypatch):
+    import featx.audit.labels
+
+    monkeypatch.setattr(featx.audit.labels, "IN_MEMORY_FLOATS", 0)  # every store counts as large
+    result = audit(planted["store"])
+    assert result.settings["label_probe"] == "lda-halves"
+    flagged = {i.path: i for i in result.label_issues}
+    assert FLIPPED in flagged and flagged[FLIPPED].suggested == "flower"
+    assert result.outliers[0].path == OFF_TOPIC  # the same pass scores the outliers
