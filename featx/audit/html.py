@@ -31,6 +31,10 @@ def _template(name: str) -> str:
     return resources.files("featx.audit").joinpath("templates", name).read_text(encoding="utf-8")
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
 def _e(text) -> str:
     return html.escape(str(text), quote=True)
 
@@ -118,8 +122,9 @@ def render_html(result: AuditResult) -> str:
     out = ["<header>", f"<h1>{_e(title)}</h1>",
            f'<p class="meta">{result.n_rows} images, backbone {_e(result.backbone)}, fingerprint '
            f"{_e(result.fingerprint_id)}, root {_e(result.root)}</p>", "</header>",
-           f'<p class="summary">{len(result.label_issues)} likely label errors, {len(result.duplicates)} duplicate '
-           f"pairs ({len(result.leaks)} across splits), {len(result.outliers)} outliers.</p>"]
+           f'<p class="summary">{_count(len(result.label_issues), "likely label error")}, '
+           f"{_count(len(result.duplicates), 'duplicate pair')} ({len(result.leaks)} across splits), "
+           f"{_count(len(result.outliers), 'outlier')}.</p>"]
     out += [f'<div class="warning">{_e(n)}</div>' for n in result.notes]
     for section in (_duplicate_section, _label_section, _outlier_section, _balance_section):
         out += section(result)
