@@ -7,7 +7,7 @@ never modifies anything; it never imports Keras. One module per job::
     labels.py      out-of-fold probe probabilities + confident learning -> LabelIssue
     neighbours.py  centred, normalised features; k nearest neighbours (exact blocks, or faiss IVF)
     duplicates.py  exact (sha256) and near (cosine) duplicate pairs; leaks across splits first
-    outliers.py    Mahalanobis distance to the nearest class mean, robust z-score -> Outlier
+    outliers.py    Mahalanobis distance to the nearest class mean, robust z -> Outlier (+ LDA posteriors)
     balance.py     counts per split and class, warnings
     text.py        the terminal tables
     html.py        audit.html with thumbnails, from templates/audit.html and audit.css
