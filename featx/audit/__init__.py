@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -34,6 +35,7 @@ from featx.audit.labels import check_labels, find_label_issues, fits_in_memory
 from featx.audit.neighbours import feature_mean, nearest_neighbours
 from featx.audit.outliers import OUTLIER_Z, class_distances, find_outliers
 
+log = logging.getLogger("featx")
 NEIGHBOURS_K = 10  # neighbours looked at per row for near duplicates (a photo with more copies shows 10)
 
 __all__ = ["audit", "AuditResult", "AuditError", "LabelIssue", "DuplicatePair", "Outlier", "Balance",
@@ -77,13 +79,16 @@ def _audit(store, cv, seed, near_threshold, outlier_z, neighbours, chunk_rows) -
     large = not fits_in_memory(store)
     distances, proba = class_distances(store, mean, chunk_rows, posteriors=large)
     seconds["class_statistics"] = time.perf_counter() - started
+    log.info("audit: %s done in %.1f s", "class_statistics", seconds["class_statistics"])
     started = time.perf_counter()
     label_issues = find_label_issues(store, cv=cv, seed=seed, proba=proba)
     del proba
     seconds["labels"] = time.perf_counter() - started
+    log.info("audit: %s done in %.1f s", "labels", seconds["labels"])
     started = time.perf_counter()
     sims, idx, method = nearest_neighbours(store, mean, NEIGHBOURS_K, method=neighbours, chunk_rows=chunk_rows)
     seconds["neighbours"] = time.perf_counter() - started
+    log.info("audit: %s done in %.1f s", "neighbours", seconds["neighbours"])
     started = time.perf_counter()
     rows = _Rows(store)
     duplicates = find_duplicates(store, mean, sims, idx, threshold=near_threshold,
@@ -91,6 +96,7 @@ def _audit(store, cv, seed, near_threshold, outlier_z, neighbours, chunk_rows) -
     outliers = find_outliers(distances, rows, z_threshold=outlier_z)
     balance = class_balance(store.label_names, store.y, store.splits)
     seconds["duplicates_outliers_balance"] = time.perf_counter() - started
+    log.info("audit: %s done in %.1f s", "duplicates_outliers_balance", seconds["duplicates_outliers_balance"])
     notes = []
     if store.random_weights:
         notes.append("features from random weights: similarities and probe scores mean little")
