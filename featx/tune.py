@@ -35,7 +35,6 @@ from typing import Sequence
 
 import numpy as np
 
-from featx import stats
 from featx.config import DEFAULT_BACKBONE, BackboneConfig
 from featx.fileio import write_bytes_atomically
 from featx.featuresets import ALL, VIEW_COUNTS, VIEWS, canonical_layers, check_views
@@ -268,6 +267,7 @@ def _held_out(chosen: RecipeRow, default: RecipeRow, out: Path, cv: int, split: 
     for the choice), with its 95% interval; when it is not the default recipe, the default's classifier
     is judged on the same images and the gain gets a paired interval and an exact McNemar test (the
     verdict rule of featx.stats: a gain is claimed only when its interval excludes 0)."""
+    from featx import stats
     from featx.classify import correct_by_path, evaluate_store, train_store
 
     model = out / "chosen.skops"

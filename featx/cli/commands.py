@@ -347,3 +347,24 @@ def cmd_tune(args: argparse.Namespace) -> int:
                   progress=not args.no_progress)
     _print_json(result.to_dict()) if args.json else print(result.format())
     return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Findings are not failures: 0 when the audit ran (featx.errors: 1 a store that cannot be audited)."""
+    from featx.audit import audit
+    from featx.audit.html import write_audit
+    from featx.audit.manifest import write_manifest
+
+    result = audit(args.store, cv=args.cv, near_threshold=args.near_threshold, outlier_z=args.outlier_z,
+                   neighbours=args.neighbours)
+    written = [str(p) for p in write_audit(result, args.out).values()] if args.out else []
+    if args.fix_manifest:
+        kept, dropped = write_manifest(result, args.fix_manifest)
+        written.append(f"{args.fix_manifest} ({kept} rows, {dropped} leaked copies left out)")
+    if args.json:
+        _print_json(result.to_dict())
+        return EXIT_OK
+    print(result.format(top=args.top))
+    for w in written:
+        print(f"wrote        {w}")
+    return EXIT_OK

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from featx.audit.duplicates import NEAR_THRESHOLD
+from featx.audit.outliers import OUTLIER_Z
 from featx.backbones import POOLINGS
 from featx.cli import commands
 from featx.config import BackboneConfig, SplitConfig
@@ -367,8 +369,32 @@ def _add_tune(sub) -> None:
     p.set_defaults(func=commands.cmd_tune)
 
 
+def _add_audit(sub) -> None:
+    p = sub.add_parser(
+        "audit", help="find label errors, duplicates and leaks between splits, outliers, class imbalance",
+        description="Audits the data behind a store from its cached features (no image is decoded, nothing is "
+                    "modified): likely label errors (out-of-fold linear probe + confident learning), exact and "
+                    "near duplicates (leaks across splits first), outliers and class balance. Example: featx "
+                    "audit cache/flowers.h5 --out reports/flowers-audit")
+    p.add_argument("store")
+    p.add_argument("--out", default=None, help="folder for audit.json and audit.html (with thumbnails)")
+    _add_json(p, "print every finding as JSON")
+    p.add_argument("--fix-manifest", default=None, metavar="CSV",
+                   help="write a CSV manifest (path,label,split,suggested_label) without the leaked copies")
+    p.add_argument("--cv", type=int, default=5, help="folds of the out-of-fold probe (default 5)")
+    p.add_argument("--near-threshold", type=float, default=NEAR_THRESHOLD,
+                   help="centred cosine similarity from which two files are near duplicates (default %(default)s)")
+    p.add_argument("--outlier-z", type=float, default=OUTLIER_Z,
+                   help="robust z-score from which an image is an outlier (default %(default)s)")
+    p.add_argument("--neighbours", choices=["auto", "exact", "ivf"], default="auto",
+                   help="neighbour search: exact up to 100,000 rows, faiss IVF above (default auto)")
+    p.add_argument("--top", type=int, default=10, help="findings of each kind shown on the terminal")
+    p.set_defaults(func=commands.cmd_audit)
+
+
 COMMAND_BUILDERS = (_add_extract, _add_merge, _add_train, _add_evaluate, _add_predict, _add_info, _add_backbones,
-                    _add_finetune, _add_compare, _add_tune, _add_demo)
+                    _add_finetune, _add_compare, _add_tune, _add_audit,
+                    _add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

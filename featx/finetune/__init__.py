@@ -26,18 +26,34 @@ One job per module:
 * ``predict`` — `predict_items`, `predict_images`, `items_for_split`, `evaluate`, `Predictions`.
 """
 
-from featx.finetune.data import carve_monitor_split
-from featx.finetune.files import (FORMAT_VERSION, METADATA_ENTRY, FinetunedModel, is_keras_file, load_model,
-                                  save_model)
-from featx.finetune.model import (augmentation_layers, build_model, inner_base, layer_blocks,
-                                  probe_head_weights, unfreeze_top)
-from featx.finetune.predict import Predictions, evaluate, items_for_split, predict_images, predict_items
-from featx.finetune.settings import (AUGMENTATIONS, DEFAULT_AUGMENT, MONITORS, FinetuneError, FinetuneSettings,
-                                     parse_augment)
-from featx.finetune.train import FinetuneResult, finetune
-from featx.sources import assign_splits  # featx.finetune.assign_splits was reachable here before the split
+import importlib
 
-_inner_base = inner_base  # its name before the split into modules
+# Loaded on first use (PEP 562), so `featx.finetune.settings` — which the CLI's parser reads for its
+# defaults — does not pull in scikit-learn and the training code with it.
+_HOMES = {
+    "carve_monitor_split": "data",
+    **dict.fromkeys(["FORMAT_VERSION", "METADATA_ENTRY", "FinetunedModel", "is_keras_file", "load_model",
+                     "save_model"], "files"),
+    **dict.fromkeys(["augmentation_layers", "build_model", "inner_base", "layer_blocks", "probe_head_weights",
+                     "unfreeze_top"], "model"),
+    **dict.fromkeys(["Predictions", "evaluate", "items_for_split", "predict_images", "predict_items"], "predict"),
+    **dict.fromkeys(["AUGMENTATIONS", "DEFAULT_AUGMENT", "MONITORS", "FinetuneError", "FinetuneSettings",
+                     "parse_augment"], "settings"),
+    **dict.fromkeys(["FinetuneResult", "finetune"], "train"),
+}
+
+
+def __getattr__(name: str):
+    if name == "assign_splits":  # featx.finetune.assign_splits was reachable here before the split
+        from featx.sources import assign_splits
+
+        return assign_splits
+    if name == "_inner_base":  # its name before the split into modules
+        name = "inner_base"
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"featx.finetune.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'featx.finetune' has no attribute {name!r}")
+
 
 __all__ = [
     "AUGMENTATIONS", "DEFAULT_AUGMENT", "FORMAT_VERSION", "METADATA_ENTRY", "MONITORS", "FinetuneError",
