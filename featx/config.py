@@ -18,7 +18,7 @@ True
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import KW_ONLY, asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ class BackboneConfig:
     """
 
     name: str = DEFAULT_BACKBONE
+    _: KW_ONLY  # the rest by keyword: a field added later cannot shift a positional caller's settings
     weights: str | None = "imagenet"
     image_size: int | tuple[int, int] | None = None
     pooling: str = "avg"

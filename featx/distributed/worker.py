@@ -54,7 +54,8 @@ def worker_backbone(name: str, weights: str | None, image_size: Any, pooling: st
     worker missing the ImageNet file downloads it into its own Keras cache, one process at a time
     per cache (featx.download locks the file). The cache is featx.backbones.shared_backbone's, the same
     one FeatureExtractor uses; a worker with several threads builds each model once, not once per thread."""
-    return BackboneConfig(name, weights, image_size, pooling, layer, precision, weights_mirror, offline).shared()
+    return BackboneConfig(name, weights=weights, image_size=image_size, pooling=pooling, layer=layer,
+                          precision=precision, weights_mirror=weights_mirror, offline=offline).shared()
 
 
 def _where() -> dict:
