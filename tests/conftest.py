@@ -115,3 +115,19 @@ def _environ(env: dict, restore: tuple = ()):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+#: True when this run is the fast tier (`-m "not large"`): property-based tests then try a quarter of
+#: their examples (the full suite, which CI runs, tries them all). Set in pytest_configure, which runs
+#: before any test module is collected.
+FAST_TIER = False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global FAST_TIER
+    FAST_TIER = (config.getoption("markexpr") or "").replace(" ", "") == "notlarge"
+
+
+def examples(n: int) -> int:
+    """A property-based test's example count: `n`, or a quarter of it (at least 100) in the fast tier."""
+    return max(100, n // 4) if FAST_TIER else n

@@ -73,6 +73,7 @@ def _efficientnet_weights_file(path, variance, size: int = 64) -> str:
 EFFICIENTNET_PROBE = "block2a_expand_activation"  # early enough that random weights keep a signal
 
 
+@pytest.mark.large  # another CNN family, built twice (~11 s): the fast tier's backbone is MobileNet
 @pytest.mark.parametrize("release_quirk", [True, False])
 def test_efficientnet_input_normalisation_is_the_networks(tmp_path, release_quirk):
     """Keras' EfficientNet ImageNet release stores the ImageNet *std* as its Normalization variance

@@ -43,6 +43,7 @@ from featx.decode import (
 
 sys.path.insert(0, str(Path(__file__).parent))
 import badfiles  # noqa: E402  (tests/ is not a package; conftest.py belongs to someone else)
+import conftest  # noqa: E402  (the fast tier tries fewer fuzz examples: conftest.examples)
 
 SIZE = (224, 224)
 
@@ -1022,7 +1023,7 @@ def _check_decodes_or_skips(f: _FuzzFile, data: bytes) -> None:
         assert d.skip.detail.strip() and not d.skip.detail.startswith("unexpected error"), d.skip
 
 
-# 3,000 mutated files in all (about 25 s here), the same ones on every run: derandomize
+# 3,000 mutated files in all (about 25 s here; 750 in the fast tier, conftest.examples), the same ones on every run: derandomize
 # makes CI reproducible, and database=None keeps no state between runs. The deadline is the
 # "never hangs" bound per file (generous: a 64x48 image decodes in about a millisecond).
 # Pillow warns about what it skips over in damaged files (EXIF, TIFF tags, bomb-sized images).
@@ -1033,7 +1034,7 @@ FUZZ = settings(deadline=timedelta(seconds=10), derandomize=True, database=None,
 
 @FUZZ_WARNINGS
 @pytest.mark.timeout(300)
-@settings(FUZZ, max_examples=1200)
+@settings(FUZZ, max_examples=conftest.examples(1200))
 @given(name=st.sampled_from(sorted(SEEDS["JPEG"])), ops=st.lists(_generic | _jpeg_ops, min_size=1, max_size=4))
 def test_fuzz_mutated_jpeg(fuzz_file, name, ops):
     _check_decodes_or_skips(fuzz_file, _mutate(SEEDS["JPEG"][name], ops))
@@ -1041,7 +1042,7 @@ def test_fuzz_mutated_jpeg(fuzz_file, name, ops):
 
 @FUZZ_WARNINGS
 @pytest.mark.timeout(300)
-@settings(FUZZ, max_examples=1200)
+@settings(FUZZ, max_examples=conftest.examples(1200))
 @given(name=st.sampled_from(sorted(SEEDS["PNG"])), ops=st.lists(_generic | _png_ops, min_size=1, max_size=4))
 def test_fuzz_mutated_png(fuzz_file, name, ops):
     _check_decodes_or_skips(fuzz_file, _mutate(SEEDS["PNG"][name], ops))
@@ -1049,7 +1050,7 @@ def test_fuzz_mutated_png(fuzz_file, name, ops):
 
 @FUZZ_WARNINGS
 @pytest.mark.timeout(300)
-@settings(FUZZ, max_examples=600)
+@settings(FUZZ, max_examples=conftest.examples(600))
 @given(name=st.sampled_from(sorted(SEEDS["other"])), ops=st.lists(_generic, min_size=1, max_size=4))
 def test_fuzz_mutated_gif_webp_tiff_bmp(fuzz_file, name, ops):
     _check_decodes_or_skips(fuzz_file, _mutate(SEEDS["other"][name], ops))
