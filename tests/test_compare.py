@@ -140,3 +140,21 @@ def test_test_split_without_test_images_is_a_clear_error(tmp_path):
                    "--split", "test")
     assert proc.returncode == 2 and "no images in the test split" in proc.stderr and "--test-fraction" in proc.stderr
     assert not os.path.exists(tmp_path / "r" / "features.h5")
+
+
+def test_views_serve_the_probes_and_the_finetuned_network_sees_one_view(tmp_path):
+    """compare(views="flip"): the store holds flip-averaged rows for the probes; fine-tuning starts from
+    features of its own one-view network (the flip store cannot be its probe's source) and saves a
+    one-view model."""
+    from featx.compare import compare
+    from featx.finetune import load_model
+    from featx.store import FeatureStore
+
+    root = make_photo_set(tmp_path / "photos", classes=CLASSES, n=12)
+    result = compare(root, tmp_path / "out", backbone="mobilenet_0.25", image_size=TEST_SIZE, views="flip",
+                     epochs=1, batch_size=16, cv=3, progress=False)
+    with FeatureStore(tmp_path / "out" / "features.h5") as fs:
+        assert fs.fingerprint["views"] == "flip" and len(fs) == 24
+    finetuned = load_model(tmp_path / "out" / "models" / "finetuned.keras")
+    assert "views" not in finetuned.info["backbone"]  # the starting backbone's fingerprint: one view
+    assert result.verdict["decision"] == "too small" and result.verdict["n"] == 4  # round(12 × 0.2) per class
