@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from featx.audit.findings import DuplicatePair
-from featx.audit.neighbours import normalise
 
 if TYPE_CHECKING:
     from featx.store import FeatureStore
 
 NEAR_THRESHOLD = 0.90  # benchmarks/README.md "Auditing": copies >= 0.93, distinct photos <= 0.85 on flowers5
 _APPROX_MARGIN = 0.05   # an approximate search may understate a similarity by this much
+_SLAB_BYTES = 1 << 28   # the exact re-check holds this much of the store at once: 256 columns at 10^6 rows
 
 
 class _Rows:
@@ -56,22 +56,39 @@ def exact_duplicates(rows: _Rows) -> list[DuplicatePair]:
 
 def _candidates(sims: np.ndarray, idx: np.ndarray, sha: np.ndarray, floor: float) -> np.ndarray:
     """Unique (a, b) pairs, a < b, of neighbours above `floor` with different content."""
+    # contents compared as integer codes and pairs made unique as one int64 key each: N x k strings
+    # (sha[a], 10^7 x 64 characters at 10^6 rows) were the audit's multi-GB peak
+    content = np.unique(sha, return_inverse=True)[1].reshape(-1)
     i, j = np.nonzero(sims >= floor)
     b = idx[i, j]
     a = i.astype(np.int64)
-    ok = (b >= 0) & (sha[a] != sha[np.maximum(b, 0)])
-    pairs = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)[ok]
-    return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
+    ok = (b >= 0) & (content[a] != content[np.maximum(b, 0)])
+    a, b = a[ok], b[ok]
+    keys = np.unique(np.minimum(a, b) * len(sha) + np.maximum(a, b))
+    return np.stack([keys // len(sha), keys % len(sha)], axis=1)
 
 
 def _exact_similarity(store: FeatureStore, mean: np.ndarray, pairs: np.ndarray, chunk_rows: int) -> np.ndarray:
-    out = np.empty(len(pairs), np.float32)
-    for s in range(0, len(pairs), chunk_rows):
-        block = pairs[s:s + chunk_rows]
-        wanted, inverse = np.unique(block.ravel(), return_inverse=True)
-        Z = normalise(store.features(wanted), mean)[inverse.reshape(block.shape)]
-        out[s:s + len(block)] = np.einsum("nd,nd->n", Z[:, 0], Z[:, 1])
-    return out
+    """The centred cosine of each pair, read in column slabs of all rows (contiguous reads, never a
+    scattered row: h5py's point selection took ~75 us a row); dot products and squared norms add up
+    over the slabs. Memory: one slab (at most ``_SLAB_BYTES``), O(N) norms, O(pairs) sums."""
+    n, d = len(store), store.feature_dim
+    width = int(min(d, max(1, _SLAB_BYTES // (max(1, n) * np.dtype(store.feature_dtype).itemsize))))
+    dots = np.zeros(len(pairs))
+    squares = np.zeros(n)
+    for start in range(0, d, width):
+        columns = slice(start, min(d, start + width))
+        slab, centre = store.feature_columns(columns), mean[columns]
+        for s in range(0, n, chunk_rows):
+            Z = slab[s:s + chunk_rows].astype(np.float32) - centre
+            squares[s:s + len(Z)] += np.einsum("nd,nd->n", Z, Z)
+        for s in range(0, len(pairs), chunk_rows):
+            a, b = pairs[s:s + chunk_rows].T
+            dots[s:s + len(a)] += np.einsum("nd,nd->n", slab[a].astype(np.float32) - centre,
+                                            slab[b].astype(np.float32) - centre)
+        del slab
+    norms = np.maximum(np.sqrt(squares), 1e-12)
+    return (dots / (norms[pairs[:, 0]] * norms[pairs[:, 1]])).astype(np.float32)
 
 
 def near_duplicates(store: FeatureStore, rows: _Rows, mean: np.ndarray, sims: np.ndarray, idx: np.ndarray, *,
