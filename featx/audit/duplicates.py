@@ -4,6 +4,11 @@ found through :mod:`featx.audit.neighbours` and confirmed on the exact features)
 
 A pair whose two rows sit in different splits is a *leak* (the held-out score is then partly a
 memory test); one whose rows carry different labels is a label conflict. Both come first.
+
+Memory, N rows of d features, P candidate pairs (at most N x k): the per-row columns of ``_Rows``
+and the content codes are O(N), the candidates O(N k) integers, the re-check O(P) sums plus one
+column slab of all rows (``_SLAB_BYTES``, the store's dtype: 256 columns of float16 at 10^6 rows;
+the slabs are read one after the other, contiguously) and O(chunk_rows x slab) per step. Never N x d.
 """
 
 from __future__ import annotations

@@ -10,12 +10,19 @@ Two searches, chosen by size (``method="auto"``):
 - ``exact`` (N <= ``EXACT_MAX_ROWS``): the normalised rows in memory (N x d float32) and the
   similarities of a block of query rows against all rows at a time, the block sized so that it
   holds at most ``_BLOCK_FLOATS`` numbers; no N x N matrix ever exists.
-- ``ivf`` (larger N): faiss, ``PCA128,L2norm,IVF<4 sqrt N>_HNSW32,Flat``: rows projected on their 128 main
-  directions (fitted on a sample) and normalised again, in an inverted-file index (N x 128 float32:
-  512 MB at 10^6 rows whatever d is), filled and queried a chunk of store rows at a time, ``nprobe``
-  lists searched per query. Measured against scikit-learn's brute-force NearestNeighbors and
-  hnswlib (benchmarks/README.md, "Auditing"): brute force grows as N^2 (hours at 10^6 rows on 2
-  cores); HNSW holds the float32 rows plus its graph and builds slowly at d=1280.
+- ``ivf`` (larger N): faiss, ``IVF<4 sqrt N>_HNSW32,Flat`` on the rows projected on their 128 main
+  directions and normalised again (faiss's ``PCA128,L2norm``, computed here with numpy from a sample
+  of at most 65,536 rows: faiss's PCAMatrix took 20x longer on 2 cores), in an inverted-file index
+  (N x 128 float32: 512 MB at 10^6 rows whatever d is), filled and queried a chunk of store rows at
+  a time, ``nprobe`` lists searched per query. Measured against scikit-learn's brute-force
+  NearestNeighbors and hnswlib (benchmarks/README.md, "Auditing"): brute force grows as N^2 (hours
+  at 10^6 rows on 2 cores); HNSW holds the float32 rows plus its graph and builds slowly at d=1280.
+
+Memory, N rows of d features, read ``chunk_rows`` at a time: ``exact`` holds O(N d) (the normalised
+rows, at most ``EXACT_MAX_ROWS`` x d float32) plus ``_BLOCK_FLOATS`` similarities; ``ivf`` holds
+O(N) (the index: N x (128 float32 + 1 int64 id); the results: N x k float32 + int64), the training
+sample while training (65,536 x d float32: 335 MB at d = 1280, freed before the rows are added)
+and O(chunk_rows x d) per chunk, never N x d.
 
 Both return, for every row, its ``k`` nearest other rows and their similarities (approximate for
 ``ivf``; callers that threshold recompute the exact cosine of the pairs they keep).
