@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 NEAR_THRESHOLD = 0.90  # benchmarks/README.md "Auditing": copies >= 0.93, distinct photos <= 0.85 on flowers5
 _APPROX_MARGIN = 0.05   # an approximate search may understate a similarity by this much
+_CANDIDATE_ROWS = 1 << 16  # rows whose neighbours are made candidate pairs at a time
 _SLAB_BYTES = 1 << 28   # the exact re-check holds this much of the store at once: 256 columns at 10^6 rows
 
 
@@ -61,16 +62,19 @@ def exact_duplicates(rows: _Rows) -> list[DuplicatePair]:
 
 def _candidates(sims: np.ndarray, idx: np.ndarray, sha: np.ndarray, floor: float) -> np.ndarray:
     """Unique (a, b) pairs, a < b, of neighbours above `floor` with different content."""
-    # contents compared as integer codes and pairs made unique as one int64 key each: N x k strings
-    # (sha[a], 10^7 x 64 characters at 10^6 rows) were the audit's multi-GB peak
+    # contents compared as integer codes, pairs as one int64 key each, a block of rows at a time:
+    # sha[a] for all N x k neighbours (10^7 x 64 characters at 10^6 rows) was the audit's multi-GB peak
     content = np.unique(sha, return_inverse=True)[1].reshape(-1)
-    i, j = np.nonzero(sims >= floor)
-    b = idx[i, j]
-    a = i.astype(np.int64)
-    ok = (b >= 0) & (content[a] != content[np.maximum(b, 0)])
-    a, b = a[ok], b[ok]
-    keys = np.unique(np.minimum(a, b) * len(sha) + np.maximum(a, b))
-    return np.stack([keys // len(sha), keys % len(sha)], axis=1)
+    n = len(sha)
+    keys = [np.zeros(0, np.int64)]
+    for start in range(0, len(sims), _CANDIDATE_ROWS):
+        i, j = np.nonzero(sims[start:start + _CANDIDATE_ROWS] >= floor)
+        a, b = (start + i).astype(np.int64), idx[start + i, j]
+        ok = (b >= 0) & (content[a] != content[np.maximum(b, 0)])
+        a, b = a[ok], b[ok]
+        keys.append(np.unique(np.minimum(a, b) * n + np.maximum(a, b)))
+    keys = np.unique(np.concatenate(keys))
+    return np.stack([keys // max(n, 1), keys % max(n, 1)], axis=1)
 
 
 def _exact_similarity(store: FeatureStore, mean: np.ndarray, pairs: np.ndarray, chunk_rows: int) -> np.ndarray:
