@@ -17,7 +17,7 @@ Two searches, chosen by size (``method="auto"``):
   lists found through an HNSW graph of the centroids. Every row is a query, so the lists are searched
   as one matrix product per list (members x the rows that probe it) instead of faiss's row-by-row
   scan: the same neighbours (99.998 % of them on 200,000 x 1280 rows), the neighbour phase at 10^6
-  rows 498 s -> 241 s. Measured against scikit-learn's brute-force NearestNeighbors and hnswlib
+  rows 498 s -> 186-241 s. Measured against scikit-learn's brute-force NearestNeighbors and hnswlib
   (benchmarks/README.md, "Auditing"): brute force grows as N^2 (hours at 10^6 rows on 2 cores);
   HNSW holds the float32 rows plus its graph and builds slowly at d=1280.
 
