@@ -259,3 +259,41 @@ def test_stores_too_large_for_memory_use_the_streaming_probe(planted, monkeypatc
     flagged = {i.path: i for i in result.label_issues}
     assert FLIPPED in flagged and flagged[FLIPPED].suggested == "flower"
     assert result.outliers[0].path == OFF_TOPIC  # the same pass scores the outliers
+
+
+@pytest.mark.parametrize("slab_columns", [None, 100])
+def test_blocked_recheck_matches_the_direct_similarity(planted, tmp_path, monkeypatch, slab_columns):
+    """The near-duplicate re-check reads column slabs of all rows; its similarities are the direct
+    computation's on real photo features, and on a store whose journal replaces and adds rows."""
+    import featx.audit.duplicates as duplicates
+    from featx.audit.neighbours import feature_mean, normalise
+    from featx.store import FeatureStore, Rows, StoreWriter
+
+    def check(store):
+        if slab_columns:  # several slabs, the last one narrower
+            monkeypatch.setattr(duplicates, "_SLAB_BYTES", len(store) * 4 * slab_columns)  # float32 slabs
+        mean = feature_mean(store, 7)
+        a, b = np.triu_indices(len(store), 1)
+        Z = normalise(store.X, mean)
+        blocked = duplicates._exact_similarity(store, mean, np.stack([a, b], axis=1), chunk_rows=7)
+        np.testing.assert_allclose(blocked, np.einsum("nd,nd->n", Z[a], Z[b]), atol=1e-6)
+        return blocked
+
+    with FeatureStore(planted["store"]) as store:
+        assert store.feature_dim > 200 and len(store) > 40
+        assert check(store).max() > 0.9  # the planted copy's pair is among them
+
+    rows, _ = _synthetic_rows(120, 256)
+    fp = {"backbone": "synthetic", "feature_dim": 256}
+    with StoreWriter(tmp_path / "j.h5", fingerprint=fp, fingerprint_id=fingerprint_id(fp),
+                     feature_dtype="float16") as writer:
+        writer.append(rows.take(np.arange(100)))
+    rng = np.random.default_rng(1)
+    later = rows.take(np.r_[3, 50, 77, 100:120])  # three replaced paths, twenty new ones
+    later = Rows(rng.normal(size=later.features.shape).astype(np.float32), *(getattr(later, f) for f in Rows.FIELDS))
+    with StoreWriter(tmp_path / "j.h5", fingerprint=fp, fingerprint_id=fingerprint_id(fp),
+                     feature_dtype="float16") as writer:
+        writer.append(later)
+        with FeatureStore(tmp_path / "j.h5") as store:  # read before the writer consolidates
+            assert store.pending_parts == 1 and len(store) == 120
+            check(store)
