@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from featx.audit.duplicates import NEAR_THRESHOLD
+from featx.audit.duplicates import NEAR_THRESHOLDS
 from featx.audit.outliers import OUTLIER_Z
 from featx.backbones import POOLINGS
 from featx.cli import commands
@@ -382,8 +382,12 @@ def _add_audit(sub) -> None:
     p.add_argument("--fix-manifest", default=None, metavar="CSV",
                    help="write a CSV manifest (path,label,split,suggested_label) without the leaked copies")
     p.add_argument("--cv", type=int, default=5, help="folds of the out-of-fold probe (default 5)")
-    p.add_argument("--near-threshold", type=float, default=NEAR_THRESHOLD,
-                   help="centred cosine similarity from which two files are near duplicates (default %(default)s)")
+    p.add_argument("--similarity", choices=["auto", "whitened", "centred"], default="auto",
+                   help="space in which features are compared for near duplicates: whitened (PCA-whitened, "
+                        "from 2,560 rows) or centred (default auto: whitened when the store is large enough)")
+    p.add_argument("--near-threshold", type=float, default=None,
+                   help="cosine similarity in that space from which two files are near duplicates (default "
+                        + ", ".join(f"{v} {k}" for k, v in NEAR_THRESHOLDS.items()) + ")")
     p.add_argument("--outlier-z", type=float, default=OUTLIER_Z,
                    help="robust z-score from which an image is an outlier (default %(default)s)")
     p.add_argument("--neighbours", choices=["auto", "exact", "ivf"], default="auto",
