@@ -56,6 +56,12 @@ def test_planted_label_flip_is_the_top_label_issue(planted):
     assert (top.path, top.given, top.suggested) == (FLIPPED, "cat", "flower")
     assert top.score == pytest.approx(1 - top.p_given) and top.score > 0.5
     assert [i.score for i in issues] == sorted((i.score for i in issues), reverse=True)
+    # four distinct photo classes: the probe agrees with the given labels on most rows, and says so
+    from featx.audit.labels import TRUSTED_PROBE_ACCURACY
+
+    accuracy = planted["result"].settings["label_probe_accuracy"]
+    assert 0.8 <= accuracy < 1  # the flipped photo, at least, disagrees
+    assert (accuracy < TRUSTED_PROBE_ACCURACY) == any("label probe agrees" in n for n in planted["result"].notes)
 
 
 def test_planted_copy_in_the_other_split_is_the_top_near_duplicate(planted):

@@ -31,7 +31,7 @@ import time
 from featx.audit.duplicates import NEAR_THRESHOLDS, find_duplicates
 from featx.audit.findings import (SCHEMA_VERSION, AuditError, AuditResult, Balance, DuplicatePair, LabelIssue,
                                   Outlier)
-from featx.audit.labels import check_labels, find_label_issues, fits_in_memory
+from featx.audit.labels import TRUSTED_PROBE_ACCURACY, check_labels, find_label_issues, fits_in_memory
 from featx.audit.neighbours import WHITEN_DIMS, WHITEN_MIN_ROWS, fit_embedding, nearest_neighbours
 from featx.audit.outliers import OUTLIER_Z, class_distances, find_outliers
 
@@ -92,7 +92,7 @@ def _audit(store, cv, seed, near_threshold, similarity, outlier_z, neighbours, c
     seconds["class_statistics"] = time.perf_counter() - started
     log.info("audit: %s done in %.1f s", "class_statistics", seconds["class_statistics"])
     started = time.perf_counter()
-    label_issues = find_label_issues(store, cv=cv, seed=seed, proba=proba)
+    label_issues, probe_accuracy = find_label_issues(store, cv=cv, seed=seed, proba=proba)
     del proba
     seconds["labels"] = time.perf_counter() - started
     log.info("audit: %s done in %.1f s", "labels", seconds["labels"])
@@ -111,12 +111,18 @@ def _audit(store, cv, seed, near_threshold, similarity, outlier_z, neighbours, c
     notes = []
     if store.random_weights:
         notes.append("features from random weights: similarities and probe scores mean little")
+    if probe_accuracy < TRUSTED_PROBE_ACCURACY:
+        notes.append(f"the label probe agrees with the given labels on {probe_accuracy:.0%} of the rows out of fold: "
+                     "correct labels of hard images look as doubtful as wrong ones, so read the label list as "
+                     "candidates to check; richer features (`featx tune`, `--layers`, `--views`) or a larger "
+                     "backbone sharpen it")
     return AuditResult(
         store=str(store.path), root=store.root, fingerprint_id=store.fingerprint_id,
         backbone=str(store.fingerprint.get("backbone")), n_rows=len(store),
         settings={"cv": cv, "seed": seed, "similarity": embedding.name, "near_threshold": near_threshold,
                   "outlier_z": outlier_z,
-                  "neighbours": method, "label_probe": "lda-halves" if large else "logreg-l2"},
+                  "neighbours": method, "label_probe": "lda-halves" if large else "logreg-l2",
+                  "label_probe_accuracy": round(probe_accuracy, 4)},
         label_issues=label_issues, duplicates=duplicates, outliers=outliers, balance=balance, notes=notes,
         seconds={k: round(v, 3) for k, v in seconds.items()},
     )
