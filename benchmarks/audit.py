@@ -1,6 +1,6 @@
 """How well `featx audit` finds planted faults, and what it costs at a million rows.
 
-    python benchmarks/audit.py flowers DATA [--per-class N] [--workdir DIR] [--image-size S] [--rich] [--json FILE]
+    python benchmarks/audit.py flowers DATA [--per-class N] [--workdir DIR] [--image-size S] [--seed K] [--rich] [--json FILE]
     python benchmarks/audit.py scale [--rows 1000000] [--dim 1280] [--workdir DIR] [--json FILE]
     python benchmarks/audit.py neighbours [--rows 20000] [--dim 1280]
 
@@ -145,7 +145,7 @@ def score(result, truth: dict) -> dict:
                             "precision_strict": round(len(near & planted_pairs) / len(near), 3) if near else None,
                             "known_flowers5_duplicates_found": len(known),
                             "recall_by_transform": {k: f"{a}/{b}" for k, (a, b) in by_kind.items()},
-                            "unplanted_unknown": sorted(near - planted_pairs - known)[:20]},
+                            "false_pairs": sorted(near - planted_pairs - known)[:20]},
         "outliers": {**_pr({o.path for o in result.outliers}, set(truth["off_topic"])),
                      "unplanted": [o.path for o in result.outliers if o.path not in truth["off_topic"]][:20]},
         "exact_duplicates": sum(d.kind == "exact" for d in result.duplicates),
@@ -177,8 +177,8 @@ def run_flowers(args) -> dict:
     from featx.extract import extract
 
     work = Path(args.workdir)
-    truth = plant(Path(args.data), work / "planted", args.per_class)
-    out = {"n_images": truth["n_images"],
+    truth = plant(Path(args.data), work / "planted", args.per_class, seed=args.seed)
+    out = {"seed": args.seed, "n_images": truth["n_images"],
            "planted": {"label_errors": len(truth["label_errors"]), "copies": len(truth["copies"]),
                        "off_topic": len(truth["off_topic"])}}
     recipes = {"default": {}}
@@ -335,6 +335,7 @@ def main() -> None:
     f.add_argument("data")
     f.add_argument("--per-class", type=int, default=10_000)
     f.add_argument("--image-size", type=int, default=224)
+    f.add_argument("--seed", type=int, default=0, help="which images are flipped, copied and how (default 0)")
     f.add_argument("--rich", action="store_true", help="also audit a store of every block, avg+max, flip views")
     s = sub.add_parser("scale")
     s.add_argument("--rows", type=int, default=1_000_000)
