@@ -116,10 +116,19 @@ def _pr(found: set, planted: set) -> dict:
 KNOWN_DUPLICATES = Path(__file__).with_name("flowers5_duplicates.json")
 
 
-def _known_pairs(paths) -> set:
-    """Pairs among `paths` that flowers5_duplicates.json lists as one photograph (by file name)."""
+def _known_pairs(pairs: set, truth: dict) -> set:
+    """Pairs (of `pairs`) that flowers5_duplicates.json lists as one photograph (by file name); a
+    planted copy stands for its source, so the copy of a known duplicate is one too."""
     same = {frozenset(p) for p in json.loads(KNOWN_DUPLICATES.read_text())["same_photograph"]}
-    return {pair for pair in paths if frozenset(p.rsplit("/", 1)[1] for p in pair.split(" ")) in same}
+    source = {}
+    for a, b in truth["copies"]:
+        copy, original = (a, b) if a.endswith("_copy.jpg") else (b, a)
+        source[copy] = original
+
+    def name(path: str) -> str:
+        return source.get(path, path).rsplit("/", 1)[1]
+
+    return {pair for pair in pairs if frozenset(name(p) for p in pair.split(" ")) in same}
 
 
 def score(result, truth: dict) -> dict:
@@ -130,7 +139,7 @@ def score(result, truth: dict) -> dict:
     label_ranked = [p for p in label_found if p not in set(truth["off_topic"])]
     near = {" ".join(sorted([d.a["path"], d.b["path"]])) for d in result.duplicates if d.kind == "near"}
     planted_pairs = {" ".join(p) for p in truth["copies"]}
-    known = _known_pairs(near - planted_pairs)
+    known = _known_pairs(near - planted_pairs, truth)
     by_kind: dict = {}
     for pair, kind in truth["copy_kinds"].items():
         by_kind.setdefault(kind, [0, 0])[1] += 1
