@@ -56,6 +56,12 @@ def test_planted_label_flip_is_the_top_label_issue(planted):
     assert (top.path, top.given, top.suggested) == (FLIPPED, "cat", "flower")
     assert top.score == pytest.approx(1 - top.p_given) and top.score > 0.5
     assert [i.score for i in issues] == sorted((i.score for i in issues), reverse=True)
+    # four distinct photo classes: the probe agrees with the given labels on most rows, and says so
+    from featx.audit.labels import TRUSTED_PROBE_ACCURACY
+
+    accuracy = planted["result"].settings["label_probe_accuracy"]
+    assert 0.8 <= accuracy < 1  # the flipped photo, at least, disagrees
+    assert (accuracy < TRUSTED_PROBE_ACCURACY) == any("label probe agrees" in n for n in planted["result"].notes)
 
 
 def test_planted_copy_in_the_other_split_is_the_top_near_duplicate(planted):
@@ -214,23 +220,50 @@ def test_merged_shards_audit_like_one_store(tmp_path):
     assert all(d.cross_split for d in result.duplicates)  # every copy pair straddles train/validation
 
 
-def test_ivf_neighbours_find_the_same_copies_as_exact(tmp_path):
-    from featx.audit.duplicates import find_duplicates
-    from featx.audit.neighbours import feature_mean, nearest_neighbours
+@pytest.mark.parametrize("whiten", [True, False], ids=["whitened", "centred"])
+def test_ivf_neighbours_find_the_same_copies_as_exact(tmp_path, whiten):
+    from featx.audit.duplicates import NEAR_THRESHOLDS, find_duplicates
+    from featx.audit.neighbours import approximate_similarities, fit_embedding, nearest_neighbours
     from featx.store import FeatureStore
 
     planted = _synthetic_store(tmp_path / "s.h5")
     found = {}
     with FeatureStore(tmp_path / "s.h5") as store:
-        mean = feature_mean(store, 1000)
+        embedding = fit_embedding(store, 1000, whiten=whiten)
+        assert embedding.kind == ("whitened" if whiten else "centred")
         for method in ("exact", "ivf"):
-            sims, idx, used = nearest_neighbours(store, mean, 10, method=method, chunk_rows=1000)
+            sims, idx, used = nearest_neighbours(store, embedding, 10, method=method, chunk_rows=1000)
             assert used == method and sims.shape == idx.shape == (3000, 10)
             assert not (idx == np.arange(3000)[:, None]).any()  # never its own neighbour
-            pairs = find_duplicates(store, mean, sims, idx, approximate=method == "ivf", chunk_rows=1000)
+            pairs = find_duplicates(store, embedding, sims, idx, threshold=NEAR_THRESHOLDS[embedding.kind],
+                                    approximate=approximate_similarities(embedding, method), chunk_rows=1000)
             found[method] = {frozenset((p.a["row"], p.b["row"])) for p in pairs}
+            if method == "exact" or whiten:  # the search's own similarities are the embedding's: exact
+                Z = embedding.apply(store.X)
+                assert all(p.similarity == pytest.approx(float(Z[p.a["row"]] @ Z[p.b["row"]]), abs=1e-5)
+                           for p in pairs)
     assert found["exact"] == planted
     assert len(found["ivf"] & planted) >= 0.95 * len(planted) and found["ivf"] <= planted
+
+
+def test_whitening_gives_unit_variance_along_the_stores_main_directions(tmp_path):
+    """The whitened embedding before normalisation: decorrelated, unit variance (up to the eigenvalue floor)."""
+    from featx.audit.neighbours import WHITEN_DIMS, WHITEN_EPS, fit_embedding
+    from featx.store import FeatureStore
+
+    _synthetic_store(tmp_path / "s.h5")
+    with FeatureStore(tmp_path / "s.h5") as store:
+        X = store.X.astype(np.float64)
+        embedding = fit_embedding(store, 700)  # chunks that do not divide the rows
+    assert embedding.kind == "whitened" and embedding.name == f"whitened-{WHITEN_DIMS}"
+    assert np.allclose(embedding.mean, X.mean(axis=0), atol=1e-4)
+    W = (X - X.mean(axis=0)) @ embedding.projection
+    cov = np.cov(W, rowvar=False, bias=True)
+    lam = np.linalg.eigvalsh(np.cov(X, rowvar=False, bias=True))[::-1][:WHITEN_DIMS]
+    assert np.allclose(np.diag(cov), lam / (lam + WHITEN_EPS * lam.mean()), atol=1e-3)
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 1e-3
+    Z = embedding.apply(X[:5])
+    assert Z.shape == (5, WHITEN_DIMS) and np.allclose(np.linalg.norm(Z, axis=1), 1, atol=1e-5)
 
 
 @pytest.mark.large

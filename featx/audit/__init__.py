@@ -5,7 +5,7 @@ never modifies anything; it never imports Keras. One module per job::
 
     findings.py    the result dataclasses, AuditResult.to_dict() (the --json schema), AuditError
     labels.py      out-of-fold probe probabilities + confident learning -> LabelIssue
-    neighbours.py  centred, normalised features; k nearest neighbours (exact blocks, or faiss IVF)
+    neighbours.py  the embedding (whitened or centred); k nearest neighbours (exact blocks, or faiss IVF)
     duplicates.py  exact (sha256) and near (cosine) duplicate pairs; leaks across splits first
     outliers.py    Mahalanobis distance to the nearest class mean, robust z -> Outlier (+ LDA posteriors)
     balance.py     counts per split and class, warnings
@@ -28,26 +28,30 @@ import logging
 import os
 import time
 
-from featx.audit.duplicates import NEAR_THRESHOLD, find_duplicates
+from featx.audit.duplicates import NEAR_THRESHOLDS, find_duplicates
 from featx.audit.findings import (SCHEMA_VERSION, AuditError, AuditResult, Balance, DuplicatePair, LabelIssue,
                                   Outlier)
-from featx.audit.labels import check_labels, find_label_issues, fits_in_memory
-from featx.audit.neighbours import feature_mean, nearest_neighbours
+from featx.audit.labels import TRUSTED_PROBE_ACCURACY, check_labels, find_label_issues, fits_in_memory
+from featx.audit.neighbours import (WHITEN_DIMS, WHITEN_MIN_ROWS, approximate_similarities, fit_embedding,
+                                    nearest_neighbours)
 from featx.audit.outliers import OUTLIER_Z, class_distances, find_outliers
 
 log = logging.getLogger("featx")
 NEIGHBOURS_K = 10  # neighbours looked at per row for near duplicates (a photo with more copies shows 10)
 
 __all__ = ["audit", "AuditResult", "AuditError", "LabelIssue", "DuplicatePair", "Outlier", "Balance",
-           "NEAR_THRESHOLD", "OUTLIER_Z", "SCHEMA_VERSION"]
+           "NEAR_THRESHOLDS", "SIMILARITIES", "OUTLIER_Z", "SCHEMA_VERSION"]
+SIMILARITIES = ("auto", "whitened", "centred")
 
 
-def audit(store, *, cv: int = 5, seed: int = 0, near_threshold: float = NEAR_THRESHOLD,
+def audit(store, *, cv: int = 5, seed: int = 0, near_threshold: float | None = None, similarity: str = "auto",
           outlier_z: float = OUTLIER_Z, neighbours: str = "auto", chunk_rows: int = 8192) -> AuditResult:
     """Audit the data in `store` (a path or an open :class:`~featx.store.FeatureStore`).
 
-    ``cv`` folds give every labelled row an out-of-fold probability; ``near_threshold`` is the
-    centred cosine similarity from which two different files count as near duplicates;
+    ``cv`` folds give every labelled row an out-of-fold probability; ``similarity`` the space in which
+    rows are compared ("auto": whitened from 2,560 rows, else centred; see
+    :mod:`featx.audit.neighbours`); ``near_threshold`` the cosine similarity in that space from which
+    two different files count as near duplicates (None: ``NEAR_THRESHOLDS`` of the space);
     ``outlier_z`` the robust z-score from which a row is an outlier; ``neighbours`` the search
     ("auto", "exact" or "ivf", see :mod:`featx.audit.neighbours`). At most ``chunk_rows`` feature
     rows are read at a time. Raises :class:`AuditError` for a store that cannot be audited (empty,
@@ -55,17 +59,19 @@ def audit(store, *, cv: int = 5, seed: int = 0, near_threshold: float = NEAR_THR
     """
     from featx.store import FeatureStore
 
-    if not (0 < near_threshold <= 1):
+    if near_threshold is not None and not (0 < near_threshold <= 1):
         raise AuditError(f"near_threshold must be in (0, 1], got {near_threshold!r}")
+    if similarity not in SIMILARITIES:
+        raise AuditError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
     if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
         raise AuditError(f"cv must be an integer >= 2, got {cv!r}")
     if isinstance(store, FeatureStore):
-        return _audit(store, cv, seed, near_threshold, outlier_z, neighbours, chunk_rows)
+        return _audit(store, cv, seed, near_threshold, similarity, outlier_z, neighbours, chunk_rows)
     with FeatureStore(os.fspath(store)) as opened:
-        return _audit(opened, cv, seed, near_threshold, outlier_z, neighbours, chunk_rows)
+        return _audit(opened, cv, seed, near_threshold, similarity, outlier_z, neighbours, chunk_rows)
 
 
-def _audit(store, cv, seed, near_threshold, outlier_z, neighbours, chunk_rows) -> AuditResult:
+def _audit(store, cv, seed, near_threshold, similarity, outlier_z, neighbours, chunk_rows) -> AuditResult:
     from featx.audit.balance import class_balance
     from featx.audit.duplicates import _Rows
 
@@ -75,24 +81,31 @@ def _audit(store, cv, seed, near_threshold, outlier_z, neighbours, chunk_rows) -
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     check_labels(store, store.y, cv)
-    mean = feature_mean(store, chunk_rows)
+    if similarity == "whitened" and len(store) < WHITEN_MIN_ROWS:
+        raise AuditError(f"store {store.path} has {len(store)} rows; whitening estimates {WHITEN_DIMS} directions "
+                         f"and needs at least {WHITEN_MIN_ROWS} rows: use similarity 'centred' or 'auto'")
+    embedding = fit_embedding(store, chunk_rows, whiten=None if similarity == "auto" else similarity == "whitened")
+    mean = embedding.mean
+    if near_threshold is None:
+        near_threshold = NEAR_THRESHOLDS[embedding.kind]
     large = not fits_in_memory(store)
     distances, proba = class_distances(store, mean, chunk_rows, posteriors=large)
     seconds["class_statistics"] = time.perf_counter() - started
     log.info("audit: %s done in %.1f s", "class_statistics", seconds["class_statistics"])
     started = time.perf_counter()
-    label_issues = find_label_issues(store, cv=cv, seed=seed, proba=proba)
+    label_issues, probe_accuracy = find_label_issues(store, cv=cv, seed=seed, proba=proba)
     del proba
     seconds["labels"] = time.perf_counter() - started
     log.info("audit: %s done in %.1f s", "labels", seconds["labels"])
     started = time.perf_counter()
-    sims, idx, method = nearest_neighbours(store, mean, NEIGHBOURS_K, method=neighbours, chunk_rows=chunk_rows)
+    sims, idx, method = nearest_neighbours(store, embedding, NEIGHBOURS_K, method=neighbours, chunk_rows=chunk_rows)
     seconds["neighbours"] = time.perf_counter() - started
     log.info("audit: %s done in %.1f s", "neighbours", seconds["neighbours"])
     started = time.perf_counter()
     rows = _Rows(store)
-    duplicates = find_duplicates(store, mean, sims, idx, threshold=near_threshold,
-                                 approximate=method != "exact", chunk_rows=chunk_rows, rows=rows)
+    duplicates = find_duplicates(store, embedding, sims, idx, threshold=near_threshold,
+                                 approximate=approximate_similarities(embedding, method), chunk_rows=chunk_rows,
+                                 rows=rows)
     outliers = find_outliers(distances, rows, z_threshold=outlier_z)
     balance = class_balance(store.label_names, store.y, store.splits)
     seconds["duplicates_outliers_balance"] = time.perf_counter() - started
@@ -100,11 +113,18 @@ def _audit(store, cv, seed, near_threshold, outlier_z, neighbours, chunk_rows) -
     notes = []
     if store.random_weights:
         notes.append("features from random weights: similarities and probe scores mean little")
+    if probe_accuracy < TRUSTED_PROBE_ACCURACY:
+        notes.append(f"the label probe agrees with the given labels on {probe_accuracy:.0%} of the rows out of fold: "
+                     "correct labels of hard images look as doubtful as wrong ones, so read the label list as "
+                     "candidates to check; richer features (`featx tune`, `--layers`, `--views`) or a larger "
+                     "backbone sharpen it")
     return AuditResult(
         store=str(store.path), root=store.root, fingerprint_id=store.fingerprint_id,
         backbone=str(store.fingerprint.get("backbone")), n_rows=len(store),
-        settings={"cv": cv, "seed": seed, "near_threshold": near_threshold, "outlier_z": outlier_z,
-                  "neighbours": method, "label_probe": "lda-halves" if large else "logreg-l2"},
+        settings={"cv": cv, "seed": seed, "similarity": embedding.name, "near_threshold": near_threshold,
+                  "outlier_z": outlier_z,
+                  "neighbours": method, "label_probe": "lda-halves" if large else "logreg-l2",
+                  "label_probe_accuracy": round(probe_accuracy, 4)},
         label_issues=label_issues, duplicates=duplicates, outliers=outliers, balance=balance, notes=notes,
         seconds={k: round(v, 3) for k, v in seconds.items()},
     )

@@ -35,7 +35,7 @@ class LabelIssue:
 @dataclass
 class DuplicatePair:
     """Two rows with the same content (``kind`` "exact": same sha256) or nearly the same features
-    ("near": cosine similarity of the centred features >= the threshold)."""
+    ("near": cosine similarity of the features, whitened or centred, >= the threshold)."""
 
     kind: str
     similarity: float

@@ -79,8 +79,8 @@ def _label_section(result: AuditResult) -> list[str]:
 def _duplicate_section(result: AuditResult) -> list[str]:
     out = ['<section id="duplicates">',
            f"<h2>Duplicates ({len(result.duplicates)}, {len(result.leaks)} across splits)</h2>",
-           '<p class="note">exact: the same bytes; near: centred cosine similarity of the features ≥ '
-           f"{_e(result.settings['near_threshold'])}. Leaks between splits first, then label conflicts.</p>",
+           '<p class="note">exact: the same bytes; near: cosine similarity of the features '
+           f"({_e(result.settings['similarity'])}) ≥ {_e(result.settings['near_threshold'])}. Leaks between splits first, then label conflicts.</p>",
            '<div class="grid">']
     for d in result.duplicates[:MAX_SHOWN]:
         flags = "".join(f'<span class="flag {c}">{t}</span> ' for t, c, on in

@@ -27,7 +27,7 @@ def format_result(result: AuditResult, top: int = 10) -> str:
     out += _more(len(issues), top)
     dups = result.duplicates
     out += ["", f"DUPLICATES ({len(dups)}, {len(result.leaks)} across splits): exact = same bytes, "
-                f"near = centred cosine >= {result.settings['near_threshold']}"]
+                f"near = {result.settings['similarity']} cosine >= {result.settings['near_threshold']}"]
     out += _table(["kind", "sim", "flags", "path a (split, label)", "path b (split, label)"], [
         [d.kind, f"{d.similarity:.3f}", ",".join(f for f, on in (("LEAK", d.cross_split),
                                                                   ("LABELS", d.cross_label)) if on) or "-",

@@ -355,8 +355,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from featx.audit.html import write_audit
     from featx.audit.manifest import write_manifest
 
-    result = audit(args.store, cv=args.cv, near_threshold=args.near_threshold, outlier_z=args.outlier_z,
-                   neighbours=args.neighbours)
+    result = audit(args.store, cv=args.cv, near_threshold=args.near_threshold, similarity=args.similarity,
+                   outlier_z=args.outlier_z, neighbours=args.neighbours)
     written = [str(p) for p in write_audit(result, args.out).values()] if args.out else []
     if args.fix_manifest:
         kept, dropped = write_manifest(result, args.fix_manifest)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from featx.audit.duplicates import NEAR_THRESHOLD
+from featx.audit.duplicates import NEAR_THRESHOLDS
 from featx.audit.outliers import OUTLIER_Z
 from featx.backbones import POOLINGS
 from featx.cli import commands
@@ -79,6 +79,13 @@ def _add_backbone_options(p: argparse.ArgumentParser) -> None:
                         "mobilenet_0.25 ships with featx and never downloads)")
     p.add_argument("--weights", default=BACKBONE_DEFAULTS["weights"], help=WEIGHTS_HELP)
     _add_offline(p)
+
+
+def _add_cv_options(p: argparse.ArgumentParser, folds_for: str = "choosing C", n_jobs: bool = True) -> None:
+    """--cv (and --n-jobs): the same meaning and defaults in train, compare, tune and audit."""
+    p.add_argument("--cv", type=int, default=5, help=f"folds for {folds_for} (default %(default)s)")
+    if n_jobs:
+        p.add_argument("--n-jobs", type=int, default=-1, help="parallel CV fits (default -1: all cores)")
 
 
 def _add_split_options(p: argparse.ArgumentParser, validation_help: str | None = None) -> None:
@@ -177,10 +184,9 @@ def _add_train(sub) -> None:
     p.add_argument("--classifier", choices=["logreg", "svm", "all"], default="logreg")
     p.add_argument("--penalty", choices=["l1", "l2", "elasticnet", "all"], default="l2",
                    help="elasticnet needs --sgd (all: l1, l2 and, with --sgd, elasticnet)")
-    p.add_argument("--cv", type=int, default=5, help="folds for choosing C (default 5)")
+    _add_cv_options(p)
     p.add_argument("--class-weight", choices=["balanced"], default=None)
     p.add_argument("--calibrate", action="store_true", help="calibrated probabilities for the SVM")
-    p.add_argument("--n-jobs", type=int, default=-1, help="parallel CV fits (default -1: all cores)")
     p.add_argument("--seed", type=int, default=0)
     _add_sgd_options(p)
     _add_json(p)
@@ -319,8 +325,7 @@ def _add_compare(sub) -> None:
                    help="held-out split for the numbers (never used for any selection)")
     p.add_argument("--views", choices=VIEWS, default=BACKBONE_DEFAULTS["views"],
                    help=VIEWS_HELP + " (the feature-transfer side; fine-tuning sees one view per image)")
-    p.add_argument("--cv", type=int, default=5, help="folds for choosing C (default 5)")
-    p.add_argument("--n-jobs", type=int, default=-1)
+    _add_cv_options(p)
     p.add_argument("--no-progress", action="store_true")
     _add_json(p)
     p.set_defaults(func=commands.cmd_compare)
@@ -356,14 +361,13 @@ def _add_tune(sub) -> None:
                    help="largest estimated extraction-cost ratio vs the default recipe to try (default %(default)s)")
     p.add_argument("--max-recipes", type=int, default=None,
                    help="extract at most this many stores (size × views), cheapest first")
-    p.add_argument("--cv", type=int, default=5)
+    _add_cv_options(p, "scoring each recipe")
     p.add_argument("--classifier", choices=["logreg", "svm"], default="logreg")
     p.add_argument("--split", choices=["validation", "test"], default="validation",
                    help="held-out split, used once, for the chosen recipe")
     p.add_argument("--batch-size", type=int, default=32, help="images per model call (fixed, so costs compare)")
     p.add_argument("--workers", type=int, default=None)
     _add_split_options(p)
-    p.add_argument("--n-jobs", type=int, default=-1)
     p.add_argument("--no-progress", action="store_true")
     _add_json(p)
     p.set_defaults(func=commands.cmd_tune)
@@ -381,9 +385,13 @@ def _add_audit(sub) -> None:
     _add_json(p, "print every finding as JSON")
     p.add_argument("--fix-manifest", default=None, metavar="CSV",
                    help="write a CSV manifest (path,label,split,suggested_label) without the leaked copies")
-    p.add_argument("--cv", type=int, default=5, help="folds of the out-of-fold probe (default 5)")
-    p.add_argument("--near-threshold", type=float, default=NEAR_THRESHOLD,
-                   help="centred cosine similarity from which two files are near duplicates (default %(default)s)")
+    _add_cv_options(p, "the out-of-fold probe", n_jobs=False)
+    p.add_argument("--similarity", choices=["auto", "whitened", "centred"], default="auto",
+                   help="space in which features are compared for near duplicates: whitened (PCA-whitened, "
+                        "from 2,560 rows) or centred (default auto: whitened when the store is large enough)")
+    p.add_argument("--near-threshold", type=float, default=None,
+                   help="cosine similarity in that space from which two files are near duplicates (default "
+                        + ", ".join(f"{v} {k}" for k, v in NEAR_THRESHOLDS.items()) + ")")
     p.add_argument("--outlier-z", type=float, default=OUTLIER_Z,
                    help="robust z-score from which an image is an outlier (default %(default)s)")
     p.add_argument("--neighbours", choices=["auto", "exact", "ivf"], default="auto",
