@@ -293,7 +293,8 @@ def run_scale(args) -> dict:
     result = json.loads(proc.stdout) if stats["rc"] == 0 else {"error": proc.stderr[-2000:]}
     return {"rows": args.rows, "dim": args.dim, "store_bytes": store.stat().st_size, "write_seconds": round(write_s, 1),
             **stats, "phase_seconds": result.get("seconds"), "summary": result.get("summary"),
-            "neighbours": (result.get("settings") or {}).get("neighbours")}
+            "neighbours": (result.get("settings") or {}).get("neighbours"),
+            "similarity": (result.get("settings") or {}).get("similarity")}
 
 
 def run_neighbours(args) -> dict:
