@@ -10,7 +10,7 @@ never modifies anything; it never imports Keras. One module per job::
     outliers.py    Mahalanobis distance to the nearest class mean, robust z -> Outlier (+ LDA posteriors)
     balance.py     counts per split and class, warnings
     text.py        the terminal tables
-    html.py        audit.html with thumbnails, from templates/audit.html and audit.css
+    html.py        audit.html with thumbnails (featx.htmlpage's skeleton, templates/audit.css)
     manifest.py    --fix-manifest: a CSV without the leaked copies, suggested labels beside the given
     cli.py         `featx audit STORE [--out DIR] [--json] [--fix-manifest CSV]`
 

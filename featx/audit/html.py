@@ -4,39 +4,28 @@
 Findings are grouped by kind, most suspicious first, at most ``MAX_SHOWN`` of each kind on the page
 (all of them in audit.json). Thumbnails are the only images the audit decodes, with featx's own
 decoder; a file that is gone or unreadable shows a placeholder saying why. Every piece of text goes
-through ``html.escape`` and the Content-Security-Policy allows only inline styles and data: images.
+through ``html.escape`` and the Content-Security-Policy allows only inline styles and data: images
+(the page skeleton, base stylesheet and policy: :mod:`featx.htmlpage`).
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import os
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
-from string import Template
 
 from featx.audit.findings import AuditResult
+from featx.htmlpage import escape as _e
+from featx.htmlpage import package_text, render_page
 
 MAX_SHOWN = 60
 THUMBNAIL_SIZE = 172
-_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-
-
-@lru_cache(maxsize=None)
-def _template(name: str) -> str:
-    return resources.files("featx.audit").joinpath("templates", name).read_text(encoding="utf-8")
 
 
 def _count(n: int, what: str) -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
-
-
-def _e(text) -> str:
-    return html.escape(str(text), quote=True)
 
 
 def _thumbnail(root: str, path: str) -> tuple[str | None, str]:
@@ -130,8 +119,7 @@ def render_html(result: AuditResult) -> str:
         out += section(result)
     out.append(f"<footer>Written by featx audit. Every finding is in audit.json; at most {MAX_SHOWN} of each "
                "kind are shown here.</footer>")
-    return Template(_template("audit.html")).substitute(csp=_CSP, title=_e(title), css=_template("audit.css"),
-                                                        body="\n".join(out))
+    return render_page(title, "\n".join(out), css=package_text("featx.audit", "audit.css"))
 
 
 def write_audit(result: AuditResult, out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -15,7 +15,7 @@ One module per concern:
 - ``tables``: the report's tables as rows of text, shared by Markdown and HTML
 - ``figures``: learning curves, embedding map and thumbnails (matplotlib, Agg)
 - ``markdown``: ``report.md``
-- ``html``: ``report.html``, from ``templates/report.html`` and ``templates/report.css``
+- ``html``: ``report.html``, from :mod:`featx.htmlpage` (skeleton, base CSS) and ``templates/report.css``
 - ``writer``: strict JSON, assets and the files, :func:`write_report`
 """
 

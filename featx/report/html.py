@@ -1,42 +1,23 @@
 """``report.html``: one self-contained page (inline CSS, images as ``data:`` URIs, no scripts).
 
-The page skeleton and its stylesheet are package data, ``templates/report.html`` and
-``templates/report.css``, filled in with :class:`string.Template`; the body is built here.
-Every piece of text from the report data goes through :func:`_e` (``html.escape`` with quotes)
-before it is placed in the page, and the Content-Security-Policy forbids anything but inline
-styles and ``data:`` images, so a browser opening the report never touches the network.
+The page skeleton, base stylesheet and Content-Security-Policy are :mod:`featx.htmlpage`'s (shared
+with the audit page); the report's own stylesheet is package data, ``templates/report.css``, and
+the body is built here. Every piece of text from the report data goes through :func:`_e`
+(``html.escape`` with quotes) before it is placed in the page.
 """
 
 from __future__ import annotations
 
-import html
 import os
-from functools import lru_cache
-from importlib import resources
-from string import Template
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from featx.htmlpage import escape as _e
+from featx.htmlpage import package_text, render_page
 from featx.report.format import MAX_SKIPPED_ROWS, _score, _setting, _slug, _wrong_caption
 from featx.report.tables import MODELS_NOTE, _history_rows, _meta_line, _setup_rows, _summary_rows
 
 if TYPE_CHECKING:
     from featx.report.writer import _Assets
-
-# The report has no scripts and fetches nothing: only inline styles and data: images are allowed,
-# so a browser opening it never touches the network (and a class name that slipped through
-# escaping could not run anything).
-_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-
-
-@lru_cache(maxsize=None)
-def _template(name: str) -> str:
-    """The text of ``templates/<name>``, shipped as package data."""
-    return resources.files("featx.report").joinpath("templates", name).read_text(encoding="utf-8")
-
-
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
 
 def _html_table(cls: str, headers: list[str], rows: list[list[tuple[str, str]]], *, ident: str | None = None,
                 row_classes: list[str] | None = None) -> list[str]:
@@ -103,7 +84,7 @@ def _html_model(i: int, model: dict, made: dict, assets: _Assets) -> list[str]:
 
 
 def _render_html(report: dict, verdict: dict, made: dict, assets: _Assets) -> str:
-    """The whole page: ``templates/report.html`` with the stylesheet and the body filled in."""
+    """The whole page: :func:`featx.htmlpage.render_page` with report.css and the body."""
     title = str(report.get("title") or "featx report")
     out = ["<header>", f"<h1>{_e(title)}</h1>"]
     meta = _meta_line(report)
@@ -180,5 +161,4 @@ def _render_html(report: dict, verdict: dict, made: dict, assets: _Assets) -> st
         out += [f"<li>{_e(n)}</li>" for n in notes]
         out += ["</ul>", "</section>"]
     out.append("<footer>Written by featx. The same data in report.json; images in assets/.</footer>")
-    return Template(_template("report.html")).substitute(
-        csp=_CSP, title=_e(title), css=_template("report.css"), body="\n".join(out))
+    return render_page(title, "\n".join(out), css=package_text("featx.report", "report.css"))
