@@ -170,6 +170,10 @@ def test_bad_stores_get_one_line_and_exit_1(tmp_path, backbone, capsys):
     _one_line_error(capsys, ["audit", str(tmp_path / "missing.h5")], 2, "missing.h5")
     with pytest.raises(AuditError, match="cv must be an integer >= 2"):
         audit(one, cv=1)
+    two = tmp_path / "two.h5"
+    extract(make_photo_set(tmp_path / "two", classes=("cat", "rocket"), n=4), two, backbone=backbone, progress=False)
+    _one_line_error(capsys, ["audit", str(two), "--similarity", "whitened", "--cv", "2"], 1,
+                    "whitening estimates 128 directions and needs at least 2560 rows")
 
 
 def _synthetic_rows(n=3000, dim=256, seed=0):

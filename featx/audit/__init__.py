@@ -12,7 +12,8 @@ never modifies anything; it never imports Keras. One module per job::
     text.py        the terminal tables
     html.py        audit.html with thumbnails (featx.htmlpage's skeleton, templates/audit.css)
     manifest.py    --fix-manifest: a CSV without the leaked copies, suggested labels beside the given
-    cli.py         `featx audit STORE [--out DIR] [--json] [--fix-manifest CSV]`
+
+The command, `featx audit STORE [--out DIR] [--json] [--fix-manifest CSV]`, is featx.cli's ``cmd_audit``.
 
 Example::
 
@@ -32,16 +33,16 @@ from featx.audit.duplicates import NEAR_THRESHOLDS, find_duplicates
 from featx.audit.findings import (SCHEMA_VERSION, AuditError, AuditResult, Balance, DuplicatePair, LabelIssue,
                                   Outlier)
 from featx.audit.labels import TRUSTED_PROBE_ACCURACY, check_labels, find_label_issues, fits_in_memory
-from featx.audit.neighbours import (WHITEN_DIMS, WHITEN_MIN_ROWS, approximate_similarities, fit_embedding,
-                                    nearest_neighbours)
+from featx.audit.neighbours import WHITEN_MIN_ROWS, approximate_similarities, fit_embedding, nearest_neighbours
 from featx.audit.outliers import OUTLIER_Z, class_distances, find_outliers
 
 log = logging.getLogger("featx")
 NEIGHBOURS_K = 10  # neighbours looked at per row for near duplicates (a photo with more copies shows 10)
 
+SIMILARITIES = ("auto", "whitened", "centred")  # auto: whitened from WHITEN_MIN_ROWS rows, else centred
+
 __all__ = ["audit", "AuditResult", "AuditError", "LabelIssue", "DuplicatePair", "Outlier", "Balance",
-           "NEAR_THRESHOLDS", "SIMILARITIES", "OUTLIER_Z", "SCHEMA_VERSION"]
-SIMILARITIES = ("auto", "whitened", "centred")
+           "NEAR_THRESHOLDS", "SIMILARITIES", "WHITEN_MIN_ROWS", "OUTLIER_Z", "SCHEMA_VERSION"]
 
 
 def audit(store, *, cv: int = 5, seed: int = 0, near_threshold: float | None = None, similarity: str = "auto",
@@ -81,9 +82,6 @@ def _audit(store, cv, seed, near_threshold, similarity, outlier_z, neighbours, c
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     check_labels(store, store.y, cv)
-    if similarity == "whitened" and len(store) < WHITEN_MIN_ROWS:
-        raise AuditError(f"store {store.path} has {len(store)} rows; whitening estimates {WHITEN_DIMS} directions "
-                         f"and needs at least {WHITEN_MIN_ROWS} rows: use similarity 'centred' or 'auto'")
     embedding = fit_embedding(store, chunk_rows, whiten=None if similarity == "auto" else similarity == "whitened")
     mean = embedding.mean
     if near_threshold is None:
@@ -122,8 +120,7 @@ def _audit(store, cv, seed, near_threshold, similarity, outlier_z, neighbours, c
         store=str(store.path), root=store.root, fingerprint_id=store.fingerprint_id,
         backbone=str(store.fingerprint.get("backbone")), n_rows=len(store),
         settings={"cv": cv, "seed": seed, "similarity": embedding.name, "near_threshold": near_threshold,
-                  "outlier_z": outlier_z,
-                  "neighbours": method, "label_probe": "lda-halves" if large else "logreg-l2",
+                  "outlier_z": outlier_z, "neighbours": method, "label_probe": "lda-halves" if large else "logreg-l2",
                   "label_probe_accuracy": round(probe_accuracy, 4)},
         label_issues=label_issues, duplicates=duplicates, outliers=outliers, balance=balance, notes=notes,
         seconds={k: round(v, 3) for k, v in seconds.items()},

@@ -111,11 +111,17 @@ class Embedding:
 
 
 def fit_embedding(store: FeatureStore, chunk_rows: int, *, whiten: bool | None = None) -> Embedding:
-    """The store's :class:`Embedding`: whitened when it has at least ``WHITEN_MIN_ROWS`` rows (or
-    `whiten` says so), else centred. One streaming pass; memory O(d^2)."""
+    """The store's :class:`Embedding`: whitened when it has at least ``WHITEN_MIN_ROWS`` rows, else
+    centred; `whiten` True or False asks for one (AuditError for whitening too few rows: the rows
+    would come out all equally far apart). One streaming pass; memory O(d^2)."""
     n, d = len(store), store.feature_dim
     if whiten is None:
         whiten = n >= WHITEN_MIN_ROWS
+    elif whiten and n < WHITEN_MIN_ROWS:
+        from featx.audit.findings import AuditError
+
+        raise AuditError(f"store {store.path} has {n} rows; whitening estimates {WHITEN_DIMS} directions "
+                         f"and needs at least {WHITEN_MIN_ROWS} rows: use similarity 'centred' or 'auto'")
     if not whiten:
         return Embedding("centred", feature_mean(store, chunk_rows))
     shift = None  # the first chunk's mean: second moments about it do not cancel catastrophically
