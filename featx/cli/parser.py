@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from featx.audit.duplicates import NEAR_THRESHOLDS
-from featx.audit.outliers import OUTLIER_Z
+from featx.audit import NEAR_THRESHOLDS, OUTLIER_Z, SIMILARITIES, WHITEN_MIN_ROWS
 from featx.backbones import POOLINGS
 from featx.cli import commands
 from featx.config import BackboneConfig, SplitConfig
@@ -386,9 +385,10 @@ def _add_audit(sub) -> None:
     p.add_argument("--fix-manifest", default=None, metavar="CSV",
                    help="write a CSV manifest (path,label,split,suggested_label) without the leaked copies")
     _add_cv_options(p, "the out-of-fold probe", n_jobs=False)
-    p.add_argument("--similarity", choices=["auto", "whitened", "centred"], default="auto",
-                   help="space in which features are compared for near duplicates: whitened (PCA-whitened, "
-                        "from 2,560 rows) or centred (default auto: whitened when the store is large enough)")
+    p.add_argument("--similarity", choices=SIMILARITIES, default="auto",
+                   help=f"space in which features are compared for near duplicates: whitened (PCA-whitened, "
+                        f"from {WHITEN_MIN_ROWS:,} rows) or centred (default auto: whitened when the store is "
+                        "large enough)")
     p.add_argument("--near-threshold", type=float, default=None,
                    help="cosine similarity in that space from which two files are near duplicates (default "
                         + ", ".join(f"{v} {k}" for k, v in NEAR_THRESHOLDS.items()) + ")")
